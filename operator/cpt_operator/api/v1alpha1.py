@@ -1,0 +1,749 @@
+"""The `CPTJob` API (`cpt.dev/v1alpha1`) as typed models: the single source of truth.
+
+The CRD's openAPIV3Schema (`cpt crd`), the API reference (`docs/api.md`), `cpt validate`,
+`cpt run` and the operator all derive from these classes. Wire format is camelCase; every
+field's docstring becomes its description in the CRD and the docs.
+
+Only pydantic here: the trainer imports this module without torch or Ray, and so does the
+operator image.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "cpt.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "CPTJob"
+PLURAL = "cptjobs"
+SINGULAR = "cptjob"
+SHORT_NAMES = ["cpt"]
+CATEGORIES = ["all", "ml"]
+
+#: Learning-rate defaults and recommended ranges by model kind. Continued pre-training of
+#: an instruct model wants a gentle LR (it already sits in a good basin and forgets fast);
+#: a base model tolerates and needs more.
+LR_DEFAULTS: dict[str, float] = {"instruct": 5.0e-5, "base": 2.0e-4}
+LR_RANGES: dict[str, tuple[float, float]] = {"instruct": (2.0e-5, 1.0e-4), "base": (1.0e-4, 5.0e-4)}
+#: Recommended share (percent of weight) of general replay data and of instruction data.
+REPLAY_RANGE_PCT = (5.0, 10.0)
+INSTRUCTION_RANGE_PCT = (1.0, 5.0)
+
+MODEL_SCHEMES = ("hf", "s3", "file", "pkg")
+DATA_SCHEMES = ("s3", "file")
+
+DNSLabel = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+#: A Kubernetes resource quantity such as "4", "500m", "16Gi".
+Quantity = Annotated[
+    str,
+    StringConstraints(
+        max_length=64,
+        pattern=r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$",
+    ),
+]
+URI = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class FieldError(ValueError):
+    """A validator error that belongs to a sub-path (`loc`) of the object being validated."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+class _Model(BaseModel):
+    """Base for every API object: camelCase aliases, unknown fields rejected, docstrings kept."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        validate_assignment=False,
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The object as it appears on the wire (camelCase, unset optionals omitted)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _scheme(uri: str) -> str:
+    match = re.match(r"^([a-z][a-z0-9+.-]*)://", uri)
+    return match.group(1) if match else ""
+
+
+def _check_uri(uri: str, allowed: tuple[str, ...]) -> str:
+    scheme = _scheme(uri)
+    if scheme and scheme not in allowed:
+        raise ValueError(
+            f"unsupported URI scheme '{scheme}://' (use one of "
+            + ", ".join(f"{s}://" for s in allowed)
+            + " or a plain local path)"
+        )
+    if scheme == "s3":
+        rest = uri[len("s3://") :]
+        bucket = rest.split("/", 1)[0]
+        if "@" in bucket or ":" in bucket:
+            raise ValueError(
+                "credentials must not be embedded in a URI; put them in a Kubernetes Secret "
+                "and set spec.storage.credentialsSecret"
+            )
+        if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", bucket):
+            raise ValueError(f"'{bucket}' is not a valid S3 bucket name (s3://BUCKET/prefix)")
+    return uri
+
+
+# --------------------------------------------------------------------------- model
+
+
+class RopeScalingType(str, Enum):
+    yarn = "yarn"
+    linear = "linear"
+    dynamic = "dynamic"
+
+
+class RopeScaling(_Model):
+    """Context extension applied to the model config before its weights load."""
+
+    type: RopeScalingType = RopeScalingType.yarn
+    """RoPE scaling method. `yarn` is the recommended method for long-context CPT."""
+    factor: float = Field(gt=1.0, le=64.0)
+    """Context length multiplier, e.g. 4 turns an 8k model into a 32k one."""
+    original_max_position_embeddings: int | None = Field(default=None, gt=0)
+    """Context length the model was trained with. Default: the model config's max_position_embeddings."""
+
+
+class ModelSpec(_Model):
+    """The model to continue pre-training (the starting weights, never a resume point)."""
+
+    source: URI
+    """Where the starting model lives: `hf://org/name` (Hugging Face cache, offline when cached),
+    `s3://bucket/path/` (a Hugging Face model directory), `file:///path` or a plain path (a model
+    directory or a `.gguf` file), or `pkg://python_package/file.gguf` (a file shipped inside an
+    installed Python package)."""
+    kind: Literal["instruct", "base"]
+    """Whether `source` is an instruction-tuned or a base model. Drives the default learning rate
+    (instruct 5e-5, base 2e-4) and the data-mix warnings."""
+    init: Literal["pretrained", "random"] = "pretrained"
+    """`pretrained` loads the weights at `source`; `random` builds the architecture from the config
+    at `source` with random weights (smoke tests, benchmarks)."""
+    tokenizer: URI | None = None
+    """Where to load the tokenizer from. Default: `source`."""
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    """Training precision. bfloat16 on GPUs; the trainer falls back to float32 on CPUs."""
+    rope_scaling: RopeScaling | None = None
+    """Optional RoPE scaling for context extension (set `data.sequenceLength` to the new length)."""
+
+    @field_validator("source", "tokenizer")
+    @classmethod
+    def _source_scheme(cls, value: str | None) -> str | None:
+        return None if value is None else _check_uri(value, MODEL_SCHEMES)
+
+
+# --------------------------------------------------------------------------- data
+
+
+class SourceRole(str, Enum):
+    domain = "domain"
+    replay = "replay"
+    instruction = "instruction"
+
+
+class SourceFormat(str, Enum):
+    jsonl = "jsonl"
+    parquet = "parquet"
+    text = "text"
+    chat = "chat"
+
+
+class DataSource(_Model):
+    """One dataset of the training mixture."""
+
+    name: DNSLabel
+    """Unique name of the source; used in status, metrics and the cache."""
+    role: SourceRole
+    """`domain` (the new knowledge), `replay` (general data that guards against forgetting; also the
+    general-loss evaluation set) or `instruction` (chat data that keeps instruction following)."""
+    uris: list[URI] = Field(min_length=1, max_length=64)
+    """Objects or prefixes (`s3://bucket/prefix/`, `file:///dir/`, plain paths) to read. A prefix
+    means every object below it."""
+    format: SourceFormat = SourceFormat.jsonl
+    """`jsonl` (one JSON object per line, `.gz`/`.zst` allowed), `parquet`, `text` (one document per
+    file) or `chat` (JSON lines with a `messages` list, rendered with the chat template)."""
+    text_field: Annotated[str, StringConstraints(min_length=1, max_length=256)] = "text"
+    """Field holding the document text (`jsonl`, `parquet`)."""
+    messages_field: Annotated[str, StringConstraints(min_length=1, max_length=256)] = "messages"
+    """Field holding the message list (`chat`)."""
+    weight: int = Field(ge=0, le=1_000_000)
+    """Relative sampling weight (an integer). Shares are weight / sum of weights; 0 disables the
+    source for training but keeps it for evaluation."""
+    skip_malformed: bool = False
+    """Skip malformed records (invalid JSON, missing field) instead of failing. Skips are counted
+    and the first examples recorded in the data manifest."""
+
+    @field_validator("uris")
+    @classmethod
+    def _uris_scheme(cls, value: list[str]) -> list[str]:
+        return [_check_uri(uri, DATA_SCHEMES) for uri in value]
+
+
+class Validation(_Model):
+    """Held-out documents for evaluation, taken before any training sample is packed."""
+
+    holdout_documents: int = Field(default=200, ge=0, le=1_000_000)
+    """Documents held out per source for evaluation; they never appear in training data."""
+
+
+class DataSpec(_Model):
+    """The training mixture and how it is tokenized."""
+
+    sequence_length: int = Field(default=2048, ge=16, le=1_048_576)
+    """Tokens per packed training row."""
+    sources: list[DataSource] = Field(min_length=1, max_length=64)
+    """Datasets of the mixture. At least one needs weight > 0."""
+    validation: Validation = Field(default_factory=Validation)
+    """Held-out evaluation data."""
+    cache_uri: URI | None = None
+    """Content-addressed cache of tokenized shards, shareable across jobs. Default:
+    `<checkpoint.uri>/_cache/`."""
+    allow_changes_on_resume: bool = False
+    """Allow resuming although weights, seed or data changed since the checkpoint was written. The
+    sampler then restarts its mixture from the checkpoint's sample count; the status records it."""
+
+    @field_validator("cache_uri")
+    @classmethod
+    def _cache_scheme(cls, value: str | None) -> str | None:
+        return None if value is None else _check_uri(value, DATA_SCHEMES)
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, value: list[DataSource]) -> list[DataSource]:
+        seen: set[str] = set()
+        for i, source in enumerate(value):
+            if source.name in seen:
+                raise FieldError((i, "name"), f"duplicate source name '{source.name}'; names must be unique")
+            seen.add(source.name)
+        if not any(source.weight > 0 for source in value):
+            raise ValueError("at least one source needs weight > 0")
+        return value
+
+
+# --------------------------------------------------------------------------- training
+
+
+class ScheduleType(str, Enum):
+    cosine = "cosine"
+    wsd = "wsd"
+    constant = "constant"
+
+
+class Schedule(_Model):
+    """Learning-rate schedule: linear warmup, then cosine decay, warmup-stable-decay or constant."""
+
+    type: ScheduleType = ScheduleType.cosine
+    """`cosine`, `wsd` (warmup-stable-decay: constant, then linear decay over the last
+    `decayFraction` of steps; easy to extend) or `constant`."""
+    warmup_steps: int = Field(default=0, ge=0)
+    """Linear warmup steps from 0 to `learningRate`."""
+    min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+    """Final learning rate as a fraction of `learningRate` (cosine, wsd)."""
+    decay_fraction: float = Field(default=0.2, gt=0.0, le=1.0)
+    """Fraction of the steps spent decaying (wsd only)."""
+
+
+class Optimizer(_Model):
+    """AdamW hyper-parameters."""
+
+    beta1: float = Field(default=0.9, ge=0.0, lt=1.0)
+    """AdamW beta1."""
+    beta2: float = Field(default=0.95, ge=0.0, lt=1.0)
+    """AdamW beta2."""
+    eps: float = Field(default=1.0e-8, gt=0.0, le=1.0e-2)
+    """AdamW epsilon."""
+
+
+class LoRA(_Model):
+    """Optional low-rank adaptation instead of full fine-tuning (via peft)."""
+
+    r: int = Field(default=64, ge=1, le=4096)
+    """Rank of the update matrices."""
+    alpha: int = Field(default=128, ge=1)
+    """Scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Dropout on the LoRA input."""
+    target_modules: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1, max_length=64
+    )
+    """Module names to adapt."""
+
+
+class TrainingSpec(_Model):
+    """How long and how to train. Give exactly one of `steps` and `tokens`."""
+
+    steps: int | None = Field(default=None, gt=0)
+    """Optimizer steps to train."""
+    tokens: int | None = Field(default=None, gt=0)
+    """Tokens to train on; converted to steps as ceil(tokens / globalBatchTokens)."""
+    global_batch_tokens: int = Field(default=1_048_576, gt=0)
+    """Tokens per optimizer step across all workers. Must be a multiple of
+    sequenceLength x microBatchSize; gradient accumulation is derived from it."""
+    micro_batch_size: int = Field(default=1, gt=0, le=4096)
+    """Sequences per forward pass per worker."""
+    learning_rate: float | None = Field(default=None, gt=0.0, le=1.0)
+    """Peak learning rate. Default: 5e-5 for instruct models, 2e-4 for base models."""
+    schedule: Schedule = Field(default_factory=Schedule)
+    """Learning-rate schedule."""
+    weight_decay: float = Field(default=0.1, ge=0.0, le=10.0)
+    """AdamW weight decay."""
+    grad_clip: float = Field(default=1.0, ge=0.0)
+    """Gradient norm clipping threshold (0 disables clipping)."""
+    optimizer: Optimizer = Field(default_factory=Optimizer)
+    """AdamW hyper-parameters."""
+    seed: int = Field(default=1234, ge=0, le=2**31 - 1)
+    """Seed of the mixture sampler, holdout selection and initialisation."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass: less memory, about 30 % more compute."""
+    lora: LoRA | None = None
+    """Optional LoRA adapters; when unset, all weights train."""
+
+    @model_validator(mode="after")
+    def _steps_or_tokens(self) -> TrainingSpec:
+        if (self.steps is None) == (self.tokens is None):
+            raise ValueError("give exactly one of steps and tokens")
+        return self
+
+
+# --------------------------------------------------------------------------- deepspeed, checkpoint, eval
+
+
+class DeepSpeedSpec(_Model):
+    """DeepSpeed engine settings. The trainer generates the config; `config` is merged last."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    """ZeRO stage: 2 shards optimizer state and gradients; 3 also shards the weights (large models)."""
+    offload_optimizer: Literal["none", "cpu"] = "none"
+    """Keep optimizer state in CPU memory (DeepSpeedCPUAdam): slower, fits larger models."""
+    config: dict[str, Any] = Field(default_factory=dict)
+    """Raw DeepSpeed config keys merged over the generated config, for what the spec does not cover."""
+
+
+class ExportSpec(_Model):
+    """The final Hugging Face model written to `<checkpoint.uri>/final/`."""
+
+    enabled: bool = True
+    """Export a consolidated Hugging Face model when training ends."""
+    format: Literal["safetensors"] = "safetensors"
+    """Weight file format."""
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    """Precision of the exported weights."""
+
+
+class CheckpointSpec(_Model):
+    """Where and how often training state is saved. Resume always starts from the newest committed
+    checkpoint below `uri`."""
+
+    uri: URI
+    """Run directory: checkpoints, `_status/progress.json`, `final/` and `report/` go below it
+    (`s3://bucket/prefix/` or a local path)."""
+    interval_steps: int = Field(default=100, gt=0)
+    """Save a checkpoint every this many steps (and always at the end)."""
+    keep_last: int = Field(default=3, ge=1, le=1000)
+    """Committed checkpoints to keep; older ones are deleted. The newest committed one is never deleted."""
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    """Final model export."""
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_scheme(cls, value: str) -> str:
+        return _check_uri(value, DATA_SCHEMES)
+
+
+class ForgettingAction(str, Enum):
+    warn = "warn"
+    stop = "stop"
+
+
+class Forgetting(_Model):
+    """Watch on general-data loss: the price of domain gain."""
+
+    max_general_loss_increase: float = Field(default=0.10, gt=0.0, le=10.0)
+    """Relative increase of the general (replay) holdout loss over its step-0 baseline that counts as
+    forgetting, e.g. 0.10 = 10 %."""
+    action: ForgettingAction = ForgettingAction.warn
+    """`warn` (log, flag in status) or `stop` (checkpoint, then end with reason ForgettingDetected)."""
+
+
+class EvaluationSpec(_Model):
+    """Periodic evaluation on the holdouts: domain gain against general forgetting."""
+
+    interval_steps: int = Field(default=50, gt=0)
+    """Evaluate every this many steps (and at step 0 for the baseline, and at the end)."""
+    max_batches: int = Field(default=50, gt=0)
+    """Upper bound on evaluation micro-batches per holdout, to bound evaluation time."""
+    forgetting: Forgetting = Field(default_factory=Forgetting)
+    """Forgetting threshold and action."""
+    probes: URI | None = None
+    """Optional JSON-lines file of `{"question": ..., "answer": ...}` pairs scored (exact match, F1)
+    before and after training."""
+
+    @field_validator("probes")
+    @classmethod
+    def _probes_scheme(cls, value: str | None) -> str | None:
+        return None if value is None else _check_uri(value, DATA_SCHEMES)
+
+
+class StorageSpec(_Model):
+    """S3-compatible object storage used by `s3://` URIs. Credentials are only ever referenced."""
+
+    endpoint: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    """Endpoint URL of an S3-compatible server, e.g. `http://minio.minio:9000`. Unset: AWS S3."""
+    region: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "us-east-1"
+    """Region name sent with requests."""
+    credentials_secret: DNSLabel | None = None
+    """Name of a Secret in the job's namespace with keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY
+    (optionally AWS_SESSION_TOKEN). Unset: the pods' ambient credentials (IRSA, instance role).
+    `cpt run` reads the same keys from the environment."""
+    addressing_style: Literal["path", "virtual", "auto"] = "path"
+    """S3 addressing style; most self-hosted servers need `path`."""
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^/\s]+(/.*)?$", value):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://minio.minio:9000")
+        if "@" in value.split("//", 1)[1].split("/", 1)[0]:
+            raise ValueError(
+                "credentials must not be embedded in the endpoint URL; put them in a Kubernetes "
+                "Secret and set spec.storage.credentialsSecret"
+            )
+        return value
+
+
+# --------------------------------------------------------------------------- cluster, run policy
+
+
+class Resources(_Model):
+    """CPU and memory for a Ray pod (requests = limits)."""
+
+    cpu: Quantity | None = None
+    """CPU cores, e.g. "32" or "500m"."""
+    memory: Quantity | None = None
+    """Memory, e.g. "512Gi"."""
+
+
+class Toleration(_Model):
+    """A pod toleration (as in core/v1)."""
+
+    key: str | None = None
+    """Taint key to tolerate; empty with operator Exists matches all taints."""
+    operator: Literal["Exists", "Equal"] | None = None
+    """Exists or Equal (default Equal)."""
+    value: str | None = None
+    """Taint value to match with operator Equal."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to match; empty matches all effects."""
+    toleration_seconds: int | None = None
+    """How long a NoExecute taint is tolerated."""
+
+
+class ClusterSpec(_Model):
+    """The Ray cluster the operator requests. Ignored by `cpt run`."""
+
+    image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    """Trainer image for head and workers. Default: the operator's configured trainer image."""
+    workers: int = Field(default=1, ge=1, le=4096)
+    """Ray worker pods; each runs one training process per GPU (or one on CPU)."""
+    gpus_per_worker: int = Field(default=1, ge=0, le=64)
+    """`nvidia.com/gpu` per worker pod; 0 trains on CPU."""
+    worker_resources: Resources = Field(default_factory=Resources)
+    """CPU and memory per worker pod."""
+    head_resources: Resources = Field(default_factory=Resources)
+    """CPU and memory for the Ray head pod (which does not train)."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels the worker pods must match."""
+    tolerations: list[Toleration] = Field(default_factory=list)
+    """Tolerations for the worker pods (e.g. for tainted GPU nodes)."""
+    priority_class_name: Annotated[str, StringConstraints(max_length=253)] | None = None
+    """PriorityClass of the Ray pods."""
+    service_account_name: Annotated[str, StringConstraints(max_length=253)] | None = None
+    """ServiceAccount of the Ray pods (e.g. one bound to a cloud IAM role)."""
+    shm_size: Quantity = "8Gi"
+    """Size of the memory-backed /dev/shm volume (NCCL and data loaders need more than the default 64M)."""
+
+
+class RunPolicy(_Model):
+    """Restarts, deadlines and suspension."""
+
+    max_restarts: int = Field(default=3, ge=0, le=1000)
+    """New attempts after a failed one; each resumes from the last committed checkpoint."""
+    active_deadline_seconds: int = Field(default=0, ge=0)
+    """Fail an attempt that runs longer than this; 0 means no deadline."""
+    ttl_seconds_after_finished: int = Field(default=3600, ge=0)
+    """Keep the finished RayJob this long for inspection."""
+    suspend: bool = False
+    """Suspend the job: the Ray cluster is deleted, checkpoints are kept; setting it back to false
+    starts a new attempt that resumes. Compatible with Kueue."""
+
+
+# --------------------------------------------------------------------------- spec and status
+
+
+class CPTJobSpec(_Model):
+    """Desired state of a continued pre-training job."""
+
+    model: ModelSpec
+    """The model to continue pre-training."""
+    data: DataSpec
+    """The training mixture."""
+    training: TrainingSpec
+    """Duration, batch and optimisation."""
+    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
+    """DeepSpeed engine."""
+    checkpoint: CheckpointSpec
+    """Checkpoints, progress, export: the run directory."""
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    """Domain and general evaluation."""
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    """S3-compatible storage."""
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    """The Ray cluster on Kubernetes."""
+    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    """Restarts, deadline, suspension."""
+
+    @model_validator(mode="after")
+    def _batch_geometry(self) -> CPTJobSpec:
+        row = self.data.sequence_length * self.training.micro_batch_size
+        if self.training.global_batch_tokens % row != 0:
+            lower = max(row, self.training.global_batch_tokens // row * row)
+            raise FieldError(
+                ("training", "globalBatchTokens"),
+                f"must be a multiple of data.sequenceLength x "
+                f"training.microBatchSize = {row} (got {self.training.global_batch_tokens}; "
+                f"e.g. {lower} or {lower + row})",
+            )
+        return self
+
+    @property
+    def learning_rate(self) -> float:
+        """The peak learning rate: the explicit one, or the default for the model kind."""
+        return self.training.learning_rate or LR_DEFAULTS[self.model.kind]
+
+    @property
+    def cache_uri(self) -> str:
+        """The tokenized-data cache: the explicit one, or `<checkpoint.uri>/_cache/`."""
+        return self.data.cache_uri or self.checkpoint.uri.rstrip("/") + "/_cache/"
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps this job trains for."""
+        if self.training.steps is not None:
+            return self.training.steps
+        assert self.training.tokens is not None
+        return -(-self.training.tokens // self.training.global_batch_tokens)
+
+    def resolved(self) -> CPTJobSpec:
+        """A copy with every derived default made explicit (what the trainer runs with)."""
+        spec = self.model_copy(deep=True)
+        spec.training.learning_rate = self.learning_rate
+        spec.data.cache_uri = self.cache_uri
+        return spec
+
+
+class Phase(str, Enum):
+    Pending = "Pending"
+    Preparing = "Preparing"
+    Running = "Running"
+    Restarting = "Restarting"
+    Suspended = "Suspended"
+    Succeeded = "Succeeded"
+    Failed = "Failed"
+
+
+class Condition(_Model):
+    """A metav1.Condition."""
+
+    type: str
+    """Condition type, e.g. Validated, StorageReady, ClusterReady, Training, ForgettingDetected,
+    Succeeded, Failed."""
+    status: Literal["True", "False", "Unknown"]
+    """True, False or Unknown."""
+    reason: str
+    """CamelCase reason a program can act on."""
+    message: str = ""
+    """Human-readable detail and the fix."""
+    last_transition_time: str
+    """When status last changed (RFC 3339)."""
+    observed_generation: int | None = None
+    """The .metadata.generation the condition was set for."""
+
+
+class ProgressStatus(_Model):
+    """Training progress as last reported by the trainer."""
+
+    step: int = 0
+    """Optimizer steps done."""
+    total_steps: int | None = None
+    """Steps the job trains for."""
+    tokens: int = 0
+    """Training tokens consumed."""
+    tokens_per_second: float | None = None
+    """Recent training throughput."""
+    loss: float | None = None
+    """Recent training loss."""
+    lr: float | None = None
+    """Current learning rate."""
+    eta_seconds: int | None = None
+    """Estimated seconds to the end of training."""
+    updated_at: str | None = None
+    """When the trainer wrote this progress (RFC 3339)."""
+
+
+class ProbeScores(_Model):
+    """Question-answer probe scores."""
+
+    exact_match: float | None = None
+    """Exact-match rate in [0, 1]."""
+    f1: float | None = None
+    """Token F1 in [0, 1]."""
+
+
+class EvaluationStatus(_Model):
+    """Latest evaluation: domain gain against general forgetting."""
+
+    step: int | None = None
+    """Step of the latest evaluation."""
+    domain_loss: float | None = None
+    """Loss on the domain holdout."""
+    domain_loss_baseline: float | None = None
+    """Domain holdout loss at step 0."""
+    general_loss: float | None = None
+    """Loss on the general (replay) holdout."""
+    general_loss_baseline: float | None = None
+    """General holdout loss at step 0."""
+    general_loss_increase: float | None = None
+    """generalLoss / generalLossBaseline - 1 (the forgetting measure)."""
+    forgetting_detected: bool = False
+    """Whether generalLossIncrease passed evaluation.forgetting.maxGeneralLossIncrease."""
+    probes_before: ProbeScores | None = None
+    """Probe scores of the starting model."""
+    probes_after: ProbeScores | None = None
+    """Probe scores of the latest evaluation."""
+
+
+class CheckpointStatus(_Model):
+    """The newest committed checkpoint."""
+
+    step: int
+    """Step of the checkpoint."""
+    uri: str
+    """Where it is."""
+    time: str | None = None
+    """When it was committed (RFC 3339)."""
+    attempt: int | None = None
+    """The attempt that wrote it."""
+
+
+class SourceDataStatus(_Model):
+    """Token accounting of one data source."""
+
+    name: str
+    """Source name."""
+    tokens_available: int | None = None
+    """Training tokens after tokenization and holdout."""
+    tokens_consumed: int = 0
+    """Tokens trained on so far."""
+    epochs: float | None = None
+    """tokensConsumed / tokensAvailable."""
+
+
+class DataStatus(_Model):
+    """Per-source accounting."""
+
+    sources: list[SourceDataStatus] = Field(default_factory=list)
+    """One entry per source."""
+    resumed_with_changes: bool = False
+    """True when a resume was allowed despite changed data, weights or seed (allowChangesOnResume)."""
+
+
+class OutputStatus(_Model):
+    """What the job produced."""
+
+    model_uri: str | None = None
+    """The exported Hugging Face model."""
+    report_uri: str | None = None
+    """Metrics, loss curves and the evaluation summary."""
+
+
+class CPTJobStatus(_Model):
+    """Observed state of a CPTJob, written by the operator."""
+
+    phase: Phase | None = None
+    """Pending, Preparing, Running, Restarting, Suspended, Succeeded or Failed."""
+    message: str | None = None
+    """Why the job is in this phase."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Latest observations of the job's state."""
+    observed_generation: int | None = None
+    """The .metadata.generation the operator last acted on."""
+    attempt: int = 0
+    """Current attempt (1 for the first RayJob)."""
+    restarts: int = 0
+    """Attempts started after a failure."""
+    ray_job_name: str | None = None
+    """The RayJob of the current attempt."""
+    dashboard_url: str | None = None
+    """Ray dashboard of the current attempt."""
+    start_time: str | None = None
+    """When the first attempt started."""
+    completion_time: str | None = None
+    """When the job succeeded or failed."""
+    progress: ProgressStatus | None = None
+    """Training progress."""
+    evaluation: EvaluationStatus | None = None
+    """Latest evaluation."""
+    checkpoint: CheckpointStatus | None = None
+    """Newest committed checkpoint."""
+    data: DataStatus | None = None
+    """Per-source token accounting."""
+    output: OutputStatus | None = None
+    """The exported model and report."""
+    warnings: list[str] = Field(default_factory=list)
+    """Recommended-practice deviations found at validation (never a rejection)."""
+
+
+class ObjectMeta(BaseModel):
+    """The subset of metav1.ObjectMeta the trainer and CLI use; everything else is passed through."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class CPTJob(_Model):
+    """A continued pre-training job."""
+
+    api_version: Literal["cpt.dev/v1alpha1"]
+    """cpt.dev/v1alpha1"""
+    kind: Literal["CPTJob"]
+    """CPTJob"""
+    metadata: ObjectMeta
+    """Standard object metadata."""
+    spec: CPTJobSpec
+    """Desired state."""
+    status: CPTJobStatus | None = None
+    """Observed state."""

@@ -1,0 +1,508 @@
+"""Validation of CPTJob documents: one function that every entry point uses.
+
+Layers, in the order a user meets them on a cluster, all run here so `cpt validate` on a
+laptop says what the API server and the operator would say:
+
+1. no credentials inline (checked first so a secret value never reaches an error message);
+2. the generated openAPIV3Schema (what the API server checks) and its CEL rules;
+3. the pydantic models (field-precise semantic checks);
+4. recommended-practice warnings (never a rejection).
+
+Every problem is a `Problem(path, message)` whose `str()` is `spec.data.sources[1].weight:
+must be > 0 (got 0)`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from . import v1alpha1 as api
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One error or warning, anchored at a wire path such as `spec.training.steps`."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+@dataclass
+class Report:
+    """The outcome of validating one document."""
+
+    job: api.CPTJob | None
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class InvalidJob(ValueError):
+    """Raised by `load_job` and `parse_job` when a document is not a valid CPTJob."""
+
+    def __init__(self, source: str, errors: Sequence[Problem]) -> None:
+        self.source = source
+        self.errors = list(errors)
+        super().__init__("\n".join(f"{source}: {e}" for e in self.errors))
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def format_path(loc: Iterable[str | int]) -> str:
+    """('spec', 'data', 'sources', 1, 'weight') -> 'spec.data.sources[1].weight'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 80 else repr(value[:77] + "...")
+    if isinstance(value, (dict, list)):
+        text = json.dumps(value, default=str)
+        return text if len(text) <= 80 else text[:77] + "..."
+    return str(value)
+
+
+# --------------------------------------------------------------------------- credentials
+
+_CREDENTIAL_KEYS = {
+    "accesskey",
+    "accesskeyid",
+    "awsaccesskeyid",
+    "secretkey",
+    "secretaccesskey",
+    "awssecretaccesskey",
+    "sessiontoken",
+    "awssessiontoken",
+    "token",
+    "hftoken",
+    "huggingfacetoken",
+    "password",
+    "apikey",
+    "credentials",
+}
+_AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
+_SECRET_HINT = (
+    "credentials must not be inline. Create a Secret (kubectl create secret generic s3-credentials "
+    "--from-literal=AWS_ACCESS_KEY_ID=... --from-literal=AWS_SECRET_ACCESS_KEY=...) and set "
+    "spec.storage.credentialsSecret: s3-credentials; `cpt run` reads the same keys from the environment"
+)
+
+
+def inline_credentials(doc: Any, loc: tuple[str | int, ...] = ()) -> list[Problem]:
+    """Paths in `doc` that carry credentials inline. The values themselves are never reported."""
+    found: list[Problem] = []
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            here = (*loc, str(key))
+            normal = re.sub(r"[^a-z]", "", str(key).lower())
+            if normal in _CREDENTIAL_KEYS and value not in (None, "", {}):
+                found.append(Problem(format_path(here), _SECRET_HINT))
+            else:
+                found.extend(inline_credentials(value, here))
+    elif isinstance(doc, list):
+        for i, value in enumerate(doc):
+            found.extend(inline_credentials(value, (*loc, i)))
+    elif isinstance(doc, str) and _AWS_KEY_ID.search(doc):
+        found.append(Problem(format_path(loc), "looks like an AWS access key ID; " + _SECRET_HINT))
+    return found
+
+
+# --------------------------------------------------------------------------- schema + CEL
+
+
+@functools.cache
+def _schema() -> dict[str, Any]:
+    from .crd import openapi_schema
+
+    return openapi_schema()
+
+
+def _schema_at(loc: Sequence[str | int]) -> dict[str, Any] | None:
+    node: dict[str, Any] | None = _schema()
+    for part in loc:
+        if node is None:
+            return None
+        if isinstance(part, int):
+            node = node.get("items")
+        else:
+            node = node.get("properties", {}).get(part) or (
+                node["additionalProperties"] if isinstance(node.get("additionalProperties"), dict) else None
+            )
+    return node
+
+
+def _unknown_field_message(loc: Sequence[str | int]) -> str:
+    parent = _schema_at(loc[:-1]) or {}
+    known = list(parent.get("properties", {}))
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else (f" (known: {', '.join(known)})" if known else "")
+    return f"unknown field{hint}"
+
+
+def schema_errors(doc: Any) -> list[Problem]:
+    """Errors the API server's structural schema check would report."""
+    import jsonschema
+
+    validator = jsonschema.Draft4Validator(_schema())
+    problems = []
+    for err in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
+        loc = list(err.absolute_path)
+        if err.validator == "additionalProperties" and err.validator_value is False:
+            continue  # reported through the models' extra="forbid" with a suggestion
+        if err.validator == "required":
+            missing = re.findall(r"'([^']+)' is a required property", err.message)
+            problems.append(Problem(format_path([*loc, *missing[:1]]), "required field is missing"))
+            continue
+        problems.append(Problem(format_path(loc), _schema_message(err)))
+    return problems
+
+
+def _schema_message(err: Any) -> str:
+    v, value, inst = err.validator, err.validator_value, err.instance
+    if v == "enum":
+        return f"must be one of {', '.join(_show(x) for x in value)} (got {_show(inst)})"
+    if v == "type":
+        return f"must be of type {value} (got {_show(inst)})"
+    if v == "minimum":
+        op = ">" if err.schema.get("exclusiveMinimum") else ">="
+        return f"must be {op} {value} (got {_show(inst)})"
+    if v == "maximum":
+        op = "<" if err.schema.get("exclusiveMaximum") else "<="
+        return f"must be {op} {value} (got {_show(inst)})"
+    if v == "minItems":
+        return f"must have at least {value} item{'s' if value != 1 else ''}"
+    if v == "maxItems":
+        return f"must have at most {value} items"
+    if v == "maxLength":
+        return f"must be at most {value} characters"
+    if v == "minLength":
+        return "must not be empty" if value == 1 else f"must be at least {value} characters"
+    if v == "pattern":
+        return f"must match {value} (got {_show(inst)})"
+    return err.message
+
+
+@functools.cache
+def _cel_program(rule: str) -> Any:
+    import celpy
+
+    env = celpy.Environment()
+    return env.program(env.compile(rule))
+
+
+def cel_violations(doc: Any, old: Any = None) -> list[Problem]:
+    """Evaluate the schema's x-kubernetes-validations on `doc` like the API server does.
+
+    Transition rules (those that use `oldSelf`) run only when `old` is given and the node exists
+    in both, exactly as on a Kubernetes update.
+    """
+    import celpy
+
+    problems: list[Problem] = []
+
+    def walk(schema: dict[str, Any] | None, value: Any, previous: Any, loc: tuple[str | int, ...]) -> None:
+        if schema is None or value is None:
+            return
+        for rule in schema.get("x-kubernetes-validations", []):
+            transition = "oldSelf" in rule["rule"]
+            if transition and previous is None:
+                continue
+            activation = {"self": celpy.json_to_cel(value)}
+            if transition:
+                activation["oldSelf"] = celpy.json_to_cel(previous)
+            try:
+                result = _cel_program(rule["rule"]).evaluate(activation)
+            except Exception as exc:
+                result = exc
+            if result is not True and not (isinstance(result, celpy.celtypes.BoolType) and bool(result)):
+                where = format_path(loc) + _rule_path(rule)
+                head, sep, tail = rule["message"].partition(": ")
+                message = tail if sep and " " not in head else rule["message"]  # drop a leading "path: "
+                problems.append(Problem(where.lstrip("."), message))
+        if isinstance(value, dict) and "properties" in schema:
+            for key, sub in schema["properties"].items():
+                if key in value:
+                    prev = previous.get(key) if isinstance(previous, dict) else None
+                    walk(sub, value[key], prev, (*loc, key))
+        elif isinstance(value, list) and "items" in schema:
+            for i, item in enumerate(value):
+                prev = previous[i] if isinstance(previous, list) and i < len(previous) else None
+                walk(schema["items"], item, prev, (*loc, i))
+
+    walk(_schema(), doc, old, ())
+    return problems
+
+
+def _rule_path(rule: dict[str, str]) -> str:
+    from .crd import CEL_RULES
+
+    for rules in CEL_RULES.values():
+        for candidate in rules:
+            if candidate["rule"] == rule["rule"]:
+                return candidate.get("_path", candidate.get("fieldPath", ""))
+    return rule.get("fieldPath", "")
+
+
+# --------------------------------------------------------------------------- pydantic errors
+
+
+def _pydantic_problems(exc: ValidationError) -> list[Problem]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = list(err["loc"])
+        kind, ctx, got = err["type"], err.get("ctx", {}), err.get("input")
+        cause = ctx.get("error")
+        if isinstance(cause, api.FieldError):
+            problems.append(Problem(format_path([*loc, *cause.loc]), cause.message))
+            continue
+        if kind == "missing":
+            message = "required field is missing"
+        elif kind == "extra_forbidden":
+            message = _unknown_field_message(loc)
+        elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+            op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+            bound = next(iter(v for k, v in ctx.items() if k in ("gt", "ge", "lt", "le")))
+            message = f"must be {op} {bound} (got {_show(got)})"
+        elif kind in ("literal_error", "enum"):
+            message = f"must be one of {ctx.get('expected', '')} (got {_show(got)})"
+        elif kind in ("too_short", "too_long"):
+            n = ctx.get("min_length", ctx.get("max_length"))
+            what = "at least" if kind == "too_short" else "at most"
+            message = f"must have {what} {n} item{'s' if n != 1 else ''}"
+        elif kind == "string_too_short":
+            message = "must not be empty"
+        elif kind == "string_too_long":
+            message = f"must be at most {ctx['max_length']} characters"
+        elif kind == "string_pattern_mismatch" and "eEinumkKMGTP" in ctx.get("pattern", ""):
+            message = f'must be a Kubernetes quantity such as "4", "500m" or "16Gi" (got {_show(got)})'
+        elif kind == "string_pattern_mismatch":
+            message = (
+                f"must be a lowercase DNS label (a-z, 0-9, '-'; starting and ending with a letter "
+                f"or digit) (got {_show(got)})"
+                if "[-a-z0-9]" in ctx.get("pattern", "")
+                else f"must match {ctx.get('pattern')} (got {_show(got)})"
+            )
+        elif kind in ("int_parsing", "int_type", "int_from_float"):
+            message = f"must be an integer (got {_show(got)})"
+        elif kind in ("float_parsing", "float_type"):
+            message = f"must be a number (got {_show(got)})"
+        elif kind in ("bool_parsing", "bool_type"):
+            message = f"must be true or false (got {_show(got)})"
+        elif kind in ("string_type",):
+            message = f"must be a string (got {_show(got)})"
+        elif kind in ("model_type", "dict_type", "model_attributes_type"):
+            message = f"must be a mapping (got {_show(got)})"
+        elif kind == "list_type":
+            message = f"must be a list (got {_show(got)})"
+        elif kind == "value_error":
+            message = str(cause) if cause is not None else err["msg"]
+        else:
+            message = err["msg"]
+        problems.append(Problem(format_path(loc), message))
+    return problems
+
+
+# --------------------------------------------------------------------------- recommendations
+
+
+def recommendations(spec: api.CPTJobSpec) -> list[Problem]:
+    """Deviations from recommended CPT practice. Warnings only: the user may know better."""
+    out: list[Problem] = []
+    kind = spec.model.kind
+    low, high = api.LR_RANGES[kind]
+    lr = spec.learning_rate
+    if not low <= lr <= high:
+        direction = "above" if lr > high else "below"
+        why = (
+            "a high learning rate on an instruct model erases instruction following and general knowledge"
+            if lr > high and kind == "instruct"
+            else "too high a learning rate causes loss spikes and forgetting"
+            if lr > high
+            else "too low a learning rate learns little new domain knowledge"
+        )
+        out.append(
+            Problem(
+                "spec.training.learningRate",
+                f"{lr:g} is {direction} the recommended range {low:g}..{high:g} for {kind} models; {why}",
+            )
+        )
+
+    total = sum(s.weight for s in spec.data.sources)
+    share = {
+        role: 100.0 * sum(s.weight for s in spec.data.sources if s.role == role) / total for role in api.SourceRole
+    }
+    replay = share[api.SourceRole.replay]
+    lo, hi = api.REPLAY_RANGE_PCT
+    if replay == 0:
+        out.append(
+            Problem(
+                "spec.data.sources",
+                "no source with role: replay (weight > 0); without replay of general data continued "
+                f"pre-training tends to catastrophically forget general capabilities; add {lo:g}-{hi:g} % "
+                "general data, which also gives the forgetting watch its general holdout",
+            )
+        )
+    elif not lo <= replay <= hi:
+        effect = "too little to prevent forgetting" if replay < lo else "slows domain learning"
+        out.append(
+            Problem(
+                "spec.data.sources",
+                f"replay is {replay:.1f} % of the mixture; recommended {lo:g}-{hi:g} % ({effect})",
+            )
+        )
+    if kind == "instruct":
+        instruction = share[api.SourceRole.instruction]
+        lo, hi = api.INSTRUCTION_RANGE_PCT
+        if instruction == 0:
+            out.append(
+                Problem(
+                    "spec.data.sources",
+                    "instruct model without instruction data: continued pre-training on raw text erodes "
+                    f"instruction following; add {lo:g}-{hi:g} % chat data (role: instruction, format: chat)",
+                )
+            )
+        elif not lo <= instruction <= hi:
+            out.append(
+                Problem(
+                    "spec.data.sources",
+                    f"instruction data is {instruction:.1f} % of the mixture; recommended {lo:g}-{hi:g} % "
+                    "(enough to keep instruction following without diluting the domain signal)",
+                )
+            )
+    for i, source in enumerate(spec.data.sources):
+        if source.role == api.SourceRole.instruction and source.format != api.SourceFormat.chat:
+            out.append(
+                Problem(
+                    f"spec.data.sources[{i}].format",
+                    "instruction sources are usually format: chat, so that loss falls on assistant turns only",
+                )
+            )
+    if spec.data.validation.holdout_documents == 0:
+        out.append(
+            Problem(
+                "spec.data.validation.holdoutDocuments",
+                "0 disables evaluation: no domain/general loss and no forgetting watch",
+            )
+        )
+    if spec.checkpoint.interval_steps >= spec.total_steps:
+        out.append(
+            Problem(
+                "spec.checkpoint.intervalSteps",
+                f"{spec.checkpoint.interval_steps} >= the job's {spec.total_steps} steps: only the final "
+                "checkpoint is written, so a failure restarts from step 0",
+            )
+        )
+    managed = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"}
+    for key in sorted(managed & set(spec.deepspeed.config)):
+        out.append(
+            Problem(
+                f"spec.deepspeed.config.{key}",
+                "overrides the batch geometry derived from training.globalBatchTokens and microBatchSize",
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def _dedupe(problems: Iterable[Problem], shadowing: Iterable[Problem]) -> Iterator[Problem]:
+    """Problems whose path is not already covered by `shadowing` (same path or an ancestor)."""
+    taken = {p.path for p in shadowing}
+    seen: set[Problem] = set()
+    for p in problems:
+        covered = any(p.path == t or p.path.startswith(t + ".") or p.path.startswith(t + "[") for t in taken)
+        if not covered and p not in seen:
+            seen.add(p)
+            yield p
+
+
+def validate(doc: Any, old: Any = None) -> Report:
+    """Validate one CPTJob document; `old` (the stored object) enables update-only CEL rules."""
+    if not isinstance(doc, dict):
+        return Report(None, [Problem("", f"a CPTJob manifest must be a mapping (got {type(doc).__name__})")])
+    if doc.get("kind") != api.KIND or doc.get("apiVersion") != api.API_VERSION:
+        got = f"{doc.get('apiVersion')}/{doc.get('kind')}"
+        return Report(
+            None, [Problem("", f"not a CPTJob: expected apiVersion {api.API_VERSION}, kind {api.KIND} (got {got})")]
+        )
+
+    secret = inline_credentials(doc.get("spec"), ("spec",))
+    errors: list[Problem] = list(secret)
+    job = None
+    try:
+        job = api.CPTJob.model_validate(doc)
+    except ValidationError as exc:
+        errors.extend(_dedupe(_pydantic_problems(exc), secret))
+    errors.extend(_dedupe(schema_errors(doc), errors))
+    if not errors:
+        # Like the API server, CEL rules only run on objects that pass the structural schema.
+        errors.extend(cel_violations(doc, old))
+    if errors:
+        return Report(None, errors)
+    assert job is not None
+    warnings = recommendations(job.spec)
+    return Report(job, [], warnings)
+
+
+def parse_job(doc: Any, source: str = "<object>") -> api.CPTJob:
+    """The typed job, or `InvalidJob` listing every problem."""
+    report = validate(doc)
+    if report.job is None:
+        raise InvalidJob(source, report.errors)
+    return report.job
+
+
+class UnreadableFile(OSError):
+    """The file is missing or cannot be read (a usage error, not an invalid manifest)."""
+
+
+def load_documents(path: str | Path) -> list[Any]:
+    """All YAML documents of a file. Raises UnreadableFile, or InvalidJob for a YAML syntax error."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UnreadableFile(f"{path}: cannot read file: {reason}") from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise InvalidJob(str(path), [Problem("", f"invalid YAML: {where}{problem}")]) from None
+    if not docs:
+        raise InvalidJob(str(path), [Problem("", "no YAML documents in file")])
+    return docs
+
+
+def load_job(path: str | Path) -> api.CPTJob:
+    """The single CPTJob in a file (what `cpt run`, `cpt prepare` and `cpt train` take)."""
+    docs = load_documents(path)
+    jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == api.KIND]
+    if len(jobs) != 1:
+        raise InvalidJob(str(path), [Problem("", f"expected exactly one CPTJob document (found {len(jobs)})")])
+    return parse_job(jobs[0], str(path))

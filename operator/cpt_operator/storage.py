@@ -1,0 +1,456 @@
+"""One storage interface for the trainer and the operator: local paths and S3-compatible stores.
+
+URIs are `s3://bucket/key`, `file:///abs/path` or plain paths. `Storage` lists, reads and
+writes small objects atomically (readers never see half a file: local writes go to a temp
+file that is renamed into place; an S3 PUT is atomic by nature), and moves whole
+directories in parallel for checkpoints.
+
+S3 settings come from `spec.storage` plus the environment: credentials only from
+`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN` (the operator injects them
+from the referenced Secret) or boto3's default chain; they are never logged or repr'd.
+Errors are translated into `StorageError`s that say what to fix.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import functools
+import os
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from .api.v1alpha1 import StorageSpec
+
+
+class StorageError(RuntimeError):
+    """A storage operation failed; the message names the URI and the likely fix."""
+
+    reason = "StorageError"
+
+
+class NotFound(StorageError, FileNotFoundError):
+    reason = "NotFound"
+
+
+class AccessDenied(StorageError, PermissionError):
+    reason = "AccessDenied"
+
+
+class Unreachable(StorageError, ConnectionError):
+    reason = "BucketUnreachable"
+
+
+# --------------------------------------------------------------------------- locations
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed URI: `s3` with bucket and key, or `file` with an absolute path in `key`."""
+
+    scheme: Literal["s3", "file"]
+    bucket: str
+    key: str
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}" if self.scheme == "s3" else f"file://{self.key}"
+
+    @property
+    def is_s3(self) -> bool:
+        return self.scheme == "s3"
+
+    def join(self, *parts: str) -> Location:
+        """A child location; `join("a", "b/")` keeps the trailing slash of a prefix."""
+        key = self.key
+        for part in parts:
+            if not part:
+                continue
+            key = (key.rstrip("/") + "/" + part.lstrip("/")) if key else part.lstrip("/")
+        return Location(self.scheme, self.bucket, key)
+
+    def as_prefix(self) -> Location:
+        """The same location with a trailing slash (a "directory")."""
+        return self if self.key.endswith("/") or not self.key else Location(self.scheme, self.bucket, self.key + "/")
+
+    @property
+    def path(self) -> Path:
+        """The local path of a `file` location."""
+        if self.scheme != "file":
+            raise ValueError(f"{self} is not a local path")
+        return Path(self.key)
+
+
+def parse_uri(uri: str, base_dir: str | Path | None = None) -> Location:
+    """Parse `s3://bucket/key`, `file:///path` or a plain path (relative to `base_dir` or the cwd)."""
+    if uri.startswith("s3://"):
+        rest = uri[len("s3://") :]
+        bucket, _, key = rest.partition("/")
+        if not bucket:
+            raise ValueError(f"{uri}: missing bucket name (s3://BUCKET/prefix)")
+        return Location("s3", bucket, key)
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    elif "://" in uri:
+        raise ValueError(f"{uri}: unsupported scheme; use s3://, file:// or a plain path")
+    trailing = "/" if uri.endswith("/") else ""
+    path = Path(uri).expanduser()
+    if not path.is_absolute():
+        path = Path(base_dir or os.getcwd()) / path
+    return Location("file", "", str(path.resolve()) + trailing)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Connection settings for S3-compatible storage. Secrets are excluded from repr."""
+
+    endpoint: str | None = None
+    region: str = "us-east-1"
+    addressing_style: str = "path"
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    max_attempts: int = 8
+    connect_timeout: float = 10.0
+
+    @classmethod
+    def from_spec(cls, spec: StorageSpec | None, env: Mapping[str, str] | None = None) -> S3Settings:
+        """Settings from `spec.storage`, with credentials (and a fallback endpoint) from `env`."""
+        env = os.environ if env is None else env
+        endpoint = (spec.endpoint if spec else None) or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+        return cls(
+            endpoint=endpoint or None,
+            region=(spec.region if spec else None) or env.get("AWS_REGION") or "us-east-1",
+            addressing_style=spec.addressing_style if spec else "path",
+            access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
+            secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+            session_token=env.get("AWS_SESSION_TOKEN") or None,
+        )
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object: its location, size and a change token (ETag or mtime)."""
+
+    location: Location
+    size: int
+    etag: str
+
+    @property
+    def uri(self) -> str:
+        return str(self.location)
+
+
+# --------------------------------------------------------------------------- storage
+
+
+class Storage:
+    """Read, write and list `s3://` and local locations with one interface."""
+
+    def __init__(self, settings: S3Settings | None = None, *, max_workers: int = 16) -> None:
+        self.settings = settings or S3Settings.from_spec(None)
+        self.max_workers = max_workers
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    # -- clients ------------------------------------------------------------------------
+
+    @property
+    def s3(self) -> Any:
+        """The boto3 S3 client (thread-safe once created; creating one is slow, so there is one)."""
+        with self._lock:
+            if self._client is None:
+                self._client = self._make_client()
+        return self._client
+
+    def _make_client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        s = self.settings
+        client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=s.endpoint,
+            region_name=s.region,
+            aws_access_key_id=s.access_key_id,
+            aws_secret_access_key=s.secret_access_key,
+            aws_session_token=s.session_token,
+            config=Config(
+                s3={"addressing_style": s.addressing_style},
+                retries={"max_attempts": s.max_attempts, "mode": "standard"},
+                connect_timeout=s.connect_timeout,
+                read_timeout=60,
+                max_pool_connections=max(10, self.max_workers),
+            ),
+        )
+        return client
+
+    def _translate(self, exc: Exception, loc: Location, action: str) -> StorageError:
+        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+        where = f"{action} {loc}"
+        endpoint = self.settings.endpoint or "AWS S3"
+        if isinstance(exc, NoCredentialsError):
+            return AccessDenied(
+                f"{where}: no S3 credentials; set spec.storage.credentialsSecret (cluster) or "
+                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (cpt run)"
+            )
+        if isinstance(exc, EndpointConnectionError) or type(exc).__name__ in (
+            "ConnectTimeoutError",
+            "ReadTimeoutError",
+        ):
+            return Unreachable(f"{where}: cannot reach S3 endpoint {endpoint} ({exc}); check spec.storage.endpoint")
+        if isinstance(exc, ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("NoSuchKey", "404", "NotFound") or (status == 404 and code != "NoSuchBucket"):
+                return NotFound(f"{where}: no such object")
+            if code == "NoSuchBucket":
+                return NotFound(f"{where}: bucket '{loc.bucket}' does not exist at {endpoint}")
+            if code in (
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+                "AccessDenied",
+                "403",
+                "InvalidToken",
+                "ExpiredToken",
+            ):
+                return AccessDenied(
+                    f"{where}: access denied by {endpoint} ({code}); check the credentials in "
+                    "spec.storage.credentialsSecret (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and "
+                    "their permissions on the bucket"
+                )
+            return StorageError(f"{where}: S3 error {code or status}: {exc}")
+        if isinstance(exc, FileNotFoundError):
+            return NotFound(f"{where}: no such file or directory")
+        if isinstance(exc, PermissionError):
+            return AccessDenied(f"{where}: permission denied")
+        return StorageError(f"{where}: {exc}")
+
+    @contextlib.contextmanager
+    def _guard(self, loc: Location, action: str) -> Iterator[None]:
+        """Translate any I/O or S3 error raised inside into a StorageError that says what to fix."""
+        try:
+            yield
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, loc, action) from exc
+
+    # -- queries ------------------------------------------------------------------------
+
+    def list_objects(self, uri: str | Location) -> list[ObjectInfo]:
+        """Every object at or below `uri` (a single object, or a prefix), sorted by key."""
+        loc = parse_uri(uri) if isinstance(uri, str) else uri
+        with self._guard(loc, "list"):
+            if loc.is_s3:
+                out = []
+                paginator = self.s3.get_paginator("list_objects_v2")
+                for page in paginator.paginate(Bucket=loc.bucket, Prefix=loc.key):
+                    for obj in page.get("Contents", []):
+                        key = obj["Key"]
+                        if key.endswith("/"):
+                            continue
+                        # A prefix without a slash ("data/train") must not match "data/train2.jsonl".
+                        if (
+                            loc.key
+                            and not loc.key.endswith("/")
+                            and key != loc.key
+                            and not key.startswith(loc.key + "/")
+                        ):
+                            continue
+                        out.append(ObjectInfo(Location("s3", loc.bucket, key), obj["Size"], obj["ETag"].strip('"')))
+                return sorted(out, key=lambda o: o.location.key)
+            path = loc.path
+            if path.is_file():
+                st = path.stat()
+                return [ObjectInfo(loc, st.st_size, f"{st.st_mtime_ns}")]
+            if not path.exists():
+                return []
+            files = []
+            for p in sorted(path.rglob("*")):
+                if p.is_file() and not p.name.startswith(".tmp-"):
+                    st = p.stat()
+                    files.append(ObjectInfo(Location("file", "", str(p)), st.st_size, f"{st.st_mtime_ns}"))
+            return files
+
+    def list_dirs(self, uri: str | Location) -> list[str]:
+        """Names of the immediate "sub-directories" below a prefix."""
+        loc = (parse_uri(uri) if isinstance(uri, str) else uri).as_prefix()
+        with self._guard(loc, "list"):
+            if loc.is_s3:
+                names = []
+                for page in self.s3.get_paginator("list_objects_v2").paginate(
+                    Bucket=loc.bucket, Prefix=loc.key, Delimiter="/"
+                ):
+                    names += [p["Prefix"][len(loc.key) :].rstrip("/") for p in page.get("CommonPrefixes", [])]
+                return sorted(names)
+            path = loc.path
+            return sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+
+    def exists(self, uri: str | Location) -> bool:
+        """Whether a single object (not a prefix) exists."""
+        loc = parse_uri(uri) if isinstance(uri, str) else uri
+        try:
+            with self._guard(loc, "stat"):
+                if loc.is_s3:
+                    self.s3.head_object(Bucket=loc.bucket, Key=loc.key)
+                    return True
+                return loc.path.is_file()
+        except NotFound:
+            return False
+
+    # -- reads --------------------------------------------------------------------------
+
+    def read_bytes(self, uri: str | Location) -> bytes:
+        loc = parse_uri(uri) if isinstance(uri, str) else uri
+        with self._guard(loc, "read"):
+            if loc.is_s3:
+                return bytes(self.s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read())
+            return loc.path.read_bytes()
+
+    def read_text(self, uri: str | Location) -> str:
+        return self.read_bytes(uri).decode("utf-8")
+
+    def open_read(self, uri: str | Location) -> IO[bytes]:
+        """A streaming binary reader (S3 objects are not loaded into memory at once)."""
+        loc = parse_uri(uri) if isinstance(uri, str) else uri
+        with self._guard(loc, "read"):
+            if loc.is_s3:
+                body = self.s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"]
+                return body
+            return loc.path.open("rb")
+
+    # -- writes -------------------------------------------------------------------------
+
+    def write_bytes(self, uri: str | Location, data: bytes) -> None:
+        """Write a whole object atomically: readers see the old or the new content, never a mix."""
+        loc = parse_uri(uri) if isinstance(uri, str) else uri
+        with self._guard(loc, "write"):
+            if loc.is_s3:
+                self.s3.put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
+                return
+            path = loc.path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+
+    def write_text(self, uri: str | Location, text: str) -> None:
+        self.write_bytes(uri, text.encode("utf-8"))
+
+    def delete(self, uri: str | Location) -> None:
+        """Delete one object; deleting a missing object is not an error."""
+        loc = parse_uri(uri) if isinstance(uri, str) else uri
+        with self._guard(loc, "delete"):
+            if loc.is_s3:
+                self.s3.delete_object(Bucket=loc.bucket, Key=loc.key)
+            else:
+                loc.path.unlink(missing_ok=True)
+
+    def delete_prefix(self, uri: str | Location) -> int:
+        """Delete every object below a prefix; returns how many were deleted."""
+        loc = (parse_uri(uri) if isinstance(uri, str) else uri).as_prefix()
+        objects = self.list_objects(loc)
+        with self._guard(loc, "delete"):
+            if loc.is_s3:
+                for i in range(0, len(objects), 1000):
+                    batch = [{"Key": o.location.key} for o in objects[i : i + 1000]]
+                    self.s3.delete_objects(Bucket=loc.bucket, Delete={"Objects": batch, "Quiet": True})
+            else:
+                import shutil
+
+                shutil.rmtree(loc.path, ignore_errors=True)
+        return len(objects)
+
+    # -- directories --------------------------------------------------------------------
+
+    def upload_file(self, local: str | Path, uri: str | Location) -> None:
+        loc = parse_uri(uri) if isinstance(uri, str) else uri
+        with self._guard(loc, "upload to"):
+            if loc.is_s3:
+                self.s3.upload_file(str(local), loc.bucket, loc.key, Config=_transfer_config())
+            else:
+                import shutil
+
+                loc.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = loc.path.with_name(f".tmp-{loc.path.name}")
+                shutil.copyfile(local, tmp)
+                os.replace(tmp, loc.path)
+
+    def download_file(self, uri: str | Location, local: str | Path) -> None:
+        loc = parse_uri(uri) if isinstance(uri, str) else uri
+        Path(local).parent.mkdir(parents=True, exist_ok=True)
+        with self._guard(loc, "download"):
+            if loc.is_s3:
+                self.s3.download_file(loc.bucket, loc.key, str(local), Config=_transfer_config())
+            else:
+                import shutil
+
+                shutil.copyfile(loc.path, local)
+
+    def upload_dir(self, local_dir: str | Path, uri: str | Location, exclude: tuple[str, ...] = ()) -> int:
+        """Upload every file below `local_dir` in parallel; returns bytes uploaded."""
+        loc = (parse_uri(uri) if isinstance(uri, str) else uri).as_prefix()
+        root = Path(local_dir)
+        files = [p for p in sorted(root.rglob("*")) if p.is_file() and p.name not in exclude]
+        self._parallel(lambda p: self.upload_file(p, loc.join(p.relative_to(root).as_posix())), files)
+        return sum(p.stat().st_size for p in files)
+
+    def download_dir(self, uri: str | Location, local_dir: str | Path) -> int:
+        """Download every object below a prefix in parallel; returns bytes downloaded."""
+        loc = (parse_uri(uri) if isinstance(uri, str) else uri).as_prefix()
+        objects = self.list_objects(loc)
+        root = Path(local_dir)
+
+        def fetch(obj: ObjectInfo) -> None:
+            self.download_file(obj.location, root / obj.location.key[len(loc.key) :])
+
+        self._parallel(fetch, objects)
+        return sum(o.size for o in objects)
+
+    def _parallel(self, fn: Any, items: list[Any]) -> None:
+        if not items:
+            return
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(self.max_workers, len(items))) as pool:
+            for future in [pool.submit(fn, item) for item in items]:
+                future.result()
+
+    def iter_lines(self, uri: str | Location) -> Iterator[bytes]:
+        """Lines of an object, streamed."""
+        stream = self.open_read(uri)
+        try:
+            yield from stream
+        finally:
+            stream.close()
+
+    # -- checks -------------------------------------------------------------------------
+
+    def check_bucket(self, uri: str | Location) -> None:
+        """Raise a StorageError unless the bucket of an s3:// location answers HeadBucket."""
+        loc = parse_uri(uri) if isinstance(uri, str) else uri
+        if not loc.is_s3:
+            return
+        with self._guard(loc, "reach bucket of"):
+            self.s3.head_bucket(Bucket=loc.bucket)
+
+
+@functools.cache
+def _transfer_config() -> Any:
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=64 * 1024 * 1024, multipart_chunksize=64 * 1024 * 1024, max_concurrency=8)

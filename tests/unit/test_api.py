@@ -1,0 +1,250 @@
+"""The CPTJob API: models, validation messages, recommendations, defaults."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cpt_operator.api import v1alpha1 as api
+from cpt_operator.api.validation import InvalidJob, load_job, parse_job, validate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def doc() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "examples" / "local-tiny.yaml").read_text())
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(d: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = d
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        if value is _DELETE:
+            del node[last]
+        else:
+            node[int(last) if last.isdigit() else last] = value
+
+    return mutate
+
+
+_DELETE = object()
+
+
+@dataclass
+class Bad:
+    name: str
+    mutate: Callable[[dict[str, Any]], None]
+    path: str
+    fragment: str
+
+
+def _rename(parent: str, old: str, new: str) -> Callable[[dict[str, Any]], None]:
+    def mutate(d: dict[str, Any]) -> None:
+        node = d
+        for part in parent.split("."):
+            node = node[part]
+        node[new] = node.pop(old)
+
+    return mutate
+
+
+def _zero_weights(d: dict[str, Any]) -> None:
+    for source in d["spec"]["data"]["sources"]:
+        source["weight"] = 0
+
+
+BAD = [
+    Bad("zero weights", _zero_weights, "spec.data.sources", "at least one source needs weight > 0"),
+    Bad(
+        "negative weight",
+        _set("spec.data.sources.1.weight", -1),
+        "spec.data.sources[1].weight",
+        "must be >= 0 (got -1)",
+    ),
+    Bad("negative lr", _set("spec.training.learningRate", -0.1), "spec.training.learningRate", "must be > 0"),
+    Bad("zero stage 4", _set("spec.deepspeed.zeroStage", 4), "spec.deepspeed.zeroStage", "(got 4)"),
+    Bad("no checkpoint", _set("spec.checkpoint", _DELETE), "spec.checkpoint", "required field is missing"),
+    Bad("no checkpoint uri", _set("spec.checkpoint.uri", _DELETE), "spec.checkpoint.uri", "required field is missing"),
+    Bad("bad model kind", _set("spec.model.kind", "chat"), "spec.model.kind", "'instruct' or 'base' (got 'chat')"),
+    Bad("bad role", _set("spec.data.sources.0.role", "main"), "spec.data.sources[0].role", "(got 'main')"),
+    Bad("bad schedule", _set("spec.training.schedule.type", "linear"), "spec.training.schedule.type", "'cosine'"),
+    Bad(
+        "bad action", _set("spec.evaluation.forgetting.action", "panic"), "spec.evaluation.forgetting.action", "'warn'"
+    ),
+    Bad("empty uris", _set("spec.data.sources.0.uris", []), "spec.data.sources[0].uris", "at least 1 item"),
+    Bad("missing uris", _set("spec.data.sources.0.uris", _DELETE), "spec.data.sources[0].uris", "required"),
+    Bad("misspelt training", _rename("spec", "training", "trainng"), "spec.trainng", "did you mean 'training'"),
+    Bad("misspelt leaf", _rename("spec.training", "steps", "setps"), "spec.training.setps", "did you mean 'steps'"),
+    Bad("steps and tokens", _set("spec.training.tokens", 1000), "spec.training", "exactly one of steps and tokens"),
+    Bad(
+        "batch geometry",
+        _set("spec.training.globalBatchTokens", 1000),
+        "spec.training.globalBatchTokens",
+        "multiple of data.sequenceLength x training.microBatchSize = 512 (got 1000; e.g. 512 or 1024)",
+    ),
+    Bad("duplicate source", _set("spec.data.sources.1.name", "veloria"), "spec.data.sources[1].name", "duplicate"),
+    Bad("source name", _set("spec.data.sources.1.name", "Web_Data"), "spec.data.sources[1].name", "DNS label"),
+    Bad("steps not int", _set("spec.training.steps", "ten"), "spec.training.steps", "must be an integer (got 'ten')"),
+    Bad("bad scheme", _set("spec.model.source", "ftp://host/m"), "spec.model.source", "unsupported URI scheme"),
+    Bad("bad bucket", _set("spec.checkpoint.uri", "s3://B/x"), "spec.checkpoint.uri", "not a valid S3 bucket name"),
+    Bad("bad endpoint", _set("spec.storage", {"endpoint": "minio:9000"}), "spec.storage.endpoint", "http://"),
+    Bad("long name", _set("metadata.name", "x" * 70), "metadata.name", "at most 63 characters"),
+    Bad(
+        "bad quantity",
+        _set("spec.cluster.workerResources", {"cpu": "lots"}),
+        "spec.cluster.workerResources.cpu",
+        "Kubernetes quantity",
+    ),
+    Bad("seq too short", _set("spec.data.sequenceLength", 4), "spec.data.sequenceLength", "must be >= 16 (got 4)"),
+    Bad("wrong kind", _set("kind", "RayJob"), "", "not a CPTJob"),
+]
+
+
+@pytest.mark.parametrize("case", BAD, ids=[b.name for b in BAD])
+def test_invalid_manifest_names_field_and_fix(doc: dict[str, Any], case: Bad) -> None:
+    case.mutate(doc)
+    report = validate(doc)
+    assert not report.ok
+    lines = [str(e) for e in report.errors]
+    matching = [e for e in report.errors if e.path == case.path and case.fragment in e.message]
+    assert matching, f"expected '{case.path}: ...{case.fragment}...' in {lines}"
+    # One problem, one line; no problem is reported twice.
+    assert all("\n" not in line for line in lines)
+    assert len(lines) == len(set(lines))
+
+
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+@pytest.mark.parametrize(
+    "storage",
+    [
+        {"accessKeyId": "AKIAIOSFODNN7EXAMPLE", "secretAccessKey": SECRET},
+        {"credentials": {"secret": SECRET}},
+        {"token": SECRET},
+    ],
+)
+def test_inline_credentials_are_rejected_without_echoing_them(doc: dict[str, Any], storage: dict[str, Any]) -> None:
+    doc["spec"]["storage"] = storage
+    report = validate(doc)
+    assert not report.ok
+    text = "\n".join(str(e) for e in report.errors)
+    assert "credentialsSecret" in text and "kubectl create secret" in text
+    assert SECRET not in text and "AKIAIOSFODNN7EXAMPLE" not in text
+
+
+def test_access_key_in_a_uri_is_rejected(doc: dict[str, Any]) -> None:
+    doc["spec"]["data"]["sources"][0]["uris"] = ["s3://AKIAIOSFODNN7EXAMPLE:secret@bucket/data/"]
+    report = validate(doc)
+    assert not report.ok
+    assert "AKIAIOSFODNN7EXAMPLE" not in "\n".join(map(str, report.errors))
+
+
+def test_valid_example_parses_with_defaults(doc: dict[str, Any]) -> None:
+    job = parse_job(doc)
+    assert job.spec.model.kind == "base"
+    assert job.spec.training.steps == 30
+    assert job.spec.deepspeed.offload_optimizer == "none"
+    assert job.spec.run_policy.max_restarts == 3
+    assert job.spec.cache_uri == job.spec.checkpoint.uri.rstrip("/") + "/_cache/"
+    # Round trip on the wire is camelCase and stable.
+    wire = job.spec.wire()
+    assert "sequenceLength" in wire["data"] and "sequence_length" not in wire["data"]
+    assert api.CPTJobSpec.model_validate(wire) == job.spec
+
+
+@pytest.mark.parametrize(("kind", "lr"), [("instruct", 5e-5), ("base", 2e-4)])
+def test_learning_rate_default_follows_model_kind(doc: dict[str, Any], kind: str, lr: float) -> None:
+    doc["spec"]["model"]["kind"] = kind
+    del doc["spec"]["training"]["learningRate"]
+    job = parse_job(doc)
+    assert job.spec.learning_rate == lr
+    assert job.spec.resolved().training.learning_rate == lr
+
+
+def test_tokens_convert_to_steps(doc: dict[str, Any]) -> None:
+    del doc["spec"]["training"]["steps"]
+    doc["spec"]["training"]["tokens"] = 10_000
+    assert parse_job(doc).spec.total_steps == 10  # ceil(10000 / 1024)
+
+
+def _warnings(doc: dict[str, Any]) -> list[str]:
+    report = validate(doc)
+    assert report.ok, report.errors
+    return [str(w) for w in report.warnings]
+
+
+def test_recommended_practice_deviations_are_warnings_not_errors(doc: dict[str, Any]) -> None:
+    doc["spec"]["model"]["kind"] = "instruct"
+    doc["spec"]["training"]["learningRate"] = 3e-4
+    doc["spec"]["data"]["sources"] = [doc["spec"]["data"]["sources"][0]]
+    warnings = _warnings(doc)
+    joined = "\n".join(warnings)
+    assert "learningRate: 0.0003 is above the recommended range 2e-05..0.0001 for instruct models" in joined
+    assert "no source with role: replay" in joined and "catastrophic" in joined
+    assert "instruct model without instruction data" in joined and "instruction following" in joined
+
+
+def test_replay_share_outside_range_warns(doc: dict[str, Any]) -> None:
+    doc["spec"]["data"]["sources"][1]["weight"] = 40  # 40 / 130 = 30.8 %
+    assert any("replay is 30.8 % of the mixture; recommended 5-10 %" in w for w in _warnings(doc))
+    doc["spec"]["data"]["sources"][1]["weight"] = 1  # 1 / 91 = 1.1 %
+    assert any("too little to prevent forgetting" in w for w in _warnings(doc))
+
+
+def test_good_instruct_mix_has_no_warnings(repo_root: Path) -> None:
+    report = validate(yaml.safe_load((repo_root / "examples" / "local-smollm2.yaml").read_text()))
+    assert report.ok and report.warnings == []
+
+
+def test_load_job_reports_every_problem_with_the_file(tmp_path: Path, doc: dict[str, Any]) -> None:
+    doc["spec"]["training"]["steps"] = 0
+    doc["spec"]["model"]["kind"] = "x"
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(InvalidJob) as info:
+        load_job(path)
+    text = str(info.value)
+    assert f"{path}: spec.training.steps: must be > 0 (got 0)" in text
+    assert f"{path}: spec.model.kind:" in text
+
+
+def test_spec_trainer_part_imports_without_torch_or_ray() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import cpt_operator.api.validation, cpt_operator.storage, cpt_operator.cli;"
+        "bad = [m for m in ('torch', 'ray', 'kopf', 'transformers', 'deepspeed') if m in sys.modules];"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_field_has_a_description() -> None:
+    missing = []
+
+    def walk(model: type[api.BaseModel]) -> None:
+        for name, field in model.model_fields.items():
+            if not field.description:
+                missing.append(f"{model.__name__}.{name}")
+
+    for obj in vars(api).values():
+        if isinstance(obj, type) and issubclass(obj, api._Model) and obj is not api._Model:
+            walk(obj)
+    assert missing == []
+
+
+def test_copy_is_deep(doc: dict[str, Any]) -> None:
+    job = parse_job(copy.deepcopy(doc))
+    resolved = job.spec.resolved()
+    assert job.spec.training.learning_rate == doc["spec"]["training"]["learningRate"]
+    assert resolved.data is not job.spec.data

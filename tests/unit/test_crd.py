@@ -1,0 +1,188 @@
+"""The generated CRD: drift, structure, printer columns and CEL rules (evaluated with cel-python)."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cpt_operator.api.crd import crd, crd_yaml, openapi_schema
+from cpt_operator.api.docs import api_reference
+from cpt_operator.api.validation import cel_violations
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def job() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "examples" / "gpu-8b-instruct.yaml").read_text())
+
+
+def test_committed_crd_matches_the_models() -> None:
+    committed = (ROOT / "manifests" / "crds" / "cpt.dev_cptjobs.yaml").read_text()
+    assert committed == crd_yaml(), "manifests/crds/ is stale: run `make crd`"
+
+
+def test_cpt_crd_prints_the_committed_file() -> None:
+    out = subprocess.run([sys.executable, "-m", "cpt_operator.cli", "crd"], capture_output=True, text=True, check=True)
+    assert out.stdout == (ROOT / "manifests" / "crds" / "cpt.dev_cptjobs.yaml").read_text()
+
+
+def test_committed_api_reference_matches_the_models() -> None:
+    assert (ROOT / "docs" / "api.md").read_text() == api_reference(), "docs/api.md is stale: run `make docs`"
+
+
+def test_api_reference_documents_every_field() -> None:
+    text = api_reference()
+    schema = openapi_schema()
+
+    def fields(node: dict[str, Any]) -> list[str]:
+        out = []
+        for name, sub in node.get("properties", {}).items():
+            out.append(name)
+            out += fields(sub.get("items", sub))
+        return out
+
+    for name in fields(schema["properties"]["spec"]) + fields(schema["properties"]["status"]):
+        assert f"| `{name}` |" in text, name
+
+
+def _walk(node: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    out = [(path, node)]
+    for name, sub in node.get("properties", {}).items():
+        out += _walk(sub, f"{path}.{name}")
+    if "items" in node:
+        out += _walk(node["items"], f"{path}[*]")
+    if isinstance(node.get("additionalProperties"), dict):
+        out += _walk(node["additionalProperties"], f"{path}{{*}}")
+    return out
+
+
+def test_schema_is_structural() -> None:
+    for path, node in _walk(openapi_schema()):
+        assert "type" in node, f"{path} has no type"
+        for forbidden in ("$ref", "anyOf", "oneOf", "allOf", "const", "default", "title"):
+            assert forbidden not in node, f"{path} carries {forbidden}"
+        if node["type"] == "object" and path not in ("", ".metadata"):
+            assert (
+                "properties" in node
+                or "additionalProperties" in node
+                or node.get("x-kubernetes-preserve-unknown-fields")
+            ), path
+
+
+def test_crd_is_a_valid_apiextensions_object() -> None:
+    import kubernetes_validate
+
+    kubernetes_validate.validate(crd(), "1.32", strict=True)
+
+
+def test_crd_has_status_subresource_columns_and_names() -> None:
+    version = crd()["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
+    for name in ("Phase", "Step", "Tokens", "Loss", "General-Δ", "Age"):
+        assert name in columns and columns[name].get("priority", 0) == 0
+    assert all("[-1:]" not in c["jsonPath"] for c in columns.values())
+    assert any('[?(@.type=="' in c["jsonPath"] for c in columns.values())
+    names = crd()["spec"]["names"]
+    assert names["shortNames"] == ["cpt"] and "ml" in names["categories"]
+
+
+def test_printer_column_paths_exist_in_the_schema() -> None:
+    schema = openapi_schema()
+    for column in crd()["spec"]["versions"][0]["additionalPrinterColumns"]:
+        path = column["jsonPath"].split("[")[0].strip(".").split(".")
+        if path[0] == "metadata":
+            continue
+        node = schema
+        for part in path:
+            node = node.get("items", node)["properties"][part]
+        assert node["type"] in ("string", "integer", "number", "array", "boolean"), column
+
+
+# --------------------------------------------------------------------------- CEL
+
+
+def _messages(doc: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
+    return [str(p) for p in cel_violations(doc, old)]
+
+
+def test_cel_accepts_a_valid_object(job: dict[str, Any]) -> None:
+    assert _messages(job) == []
+    assert _messages(job, copy.deepcopy(job)) == []
+
+
+def test_cel_rejects_all_zero_weights(job: dict[str, Any]) -> None:
+    for source in job["spec"]["data"]["sources"]:
+        source["weight"] = 0
+    assert _messages(job) == ["spec.data.sources: at least one source needs weight > 0"]
+
+
+def test_cel_rejects_duplicate_source_names(job: dict[str, Any]) -> None:
+    job["spec"]["data"]["sources"][1]["name"] = "legal"
+    assert _messages(job) == ["spec.data.sources: source names must be unique"]
+
+
+def test_cel_rejects_steps_and_tokens_together_and_neither(job: dict[str, Any]) -> None:
+    job["spec"]["training"]["steps"] = 10
+    assert "spec.training: give exactly one of steps and tokens" in _messages(job)
+    del job["spec"]["training"]["steps"], job["spec"]["training"]["tokens"]
+    assert "spec.training: give exactly one of steps and tokens" in _messages(job)
+
+
+def test_cel_rejects_bad_batch_geometry(job: dict[str, Any]) -> None:
+    job["spec"]["training"]["globalBatchTokens"] = 8192 * 2 + 1
+    assert _messages(job) == [
+        "spec.training.globalBatchTokens: must be a multiple of spec.data.sequenceLength x spec.training.microBatchSize"
+    ]
+
+
+def test_cel_rejects_long_names(job: dict[str, Any]) -> None:
+    job["metadata"]["name"] = "a" * 64
+    assert _messages(job) == ["metadata.name: must be at most 63 characters (it is used in label values)"]
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("spec.model.source", "s3://models/other/"),
+        ("spec.data.sequenceLength", 4096),
+        ("spec.training.learningRate", 1e-4),
+        ("spec.deepspeed.zeroStage", 2),
+        ("spec.checkpoint.uri", "s3://cpt-runs/elsewhere/"),
+    ],
+)
+def test_fields_that_would_corrupt_a_running_job_are_immutable(job: dict[str, Any], path: str, value: Any) -> None:
+    new = copy.deepcopy(job)
+    node = new
+    *parents, last = path.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    messages = _messages(new, job)
+    assert any("is immutable" in m for m in messages), messages
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("spec.runPolicy.suspend", True),
+        ("spec.runPolicy.maxRestarts", 9),
+        ("spec.checkpoint.intervalSteps", 10),
+        ("spec.evaluation.intervalSteps", 5),
+        ("spec.cluster.workers", 8),
+    ],
+)
+def test_operational_fields_stay_mutable(job: dict[str, Any], path: str, value: Any) -> None:
+    new = copy.deepcopy(job)
+    node = new
+    *parents, last = path.split(".")
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    assert _messages(new, job) == []

@@ -1,0 +1,1 @@
+"""cpt_trainer: the data plane (data pipeline, Ray Train + DeepSpeed trainer, evaluation, export)."""
