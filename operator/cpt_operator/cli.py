@@ -62,6 +62,78 @@ def validate(files: tuple[Path, ...], quiet: bool) -> None:
     sys.exit(2 if unreadable else 1 if invalid else 0)
 
 
+def setup_logging(level: int | None = None) -> None:
+    """Our loggers at INFO on stderr; third-party libraries stay at WARNING (celpy and Ray are chatty)."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("cpt_operator", "cpt_trainer"):
+        logging.getLogger(name).setLevel(level or logging.INFO)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _load_local_job(path: Path):
+    """The job in `path` with relative paths resolved against its directory, or a clean exit."""
+    from .api.validation import InvalidJob, UnreadableFile, load_job, recommendations
+
+    try:
+        job = load_job(path, local=True)
+    except UnreadableFile as exc:
+        _fail(str(exc), 2)
+    except InvalidJob as exc:
+        for problem in exc.errors:
+            click.echo(f"{path}: {problem}")
+        sys.exit(1)
+    for problem in recommendations(job.spec):
+        click.echo(f"{path}: warning: {problem}", err=True)
+    return job
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--ray/--no-ray", "use_ray", default=False, help="Tokenize with Ray Data on a local Ray instance.")
+@click.option("--cpus", type=int, default=None, help="CPUs for local Ray (default: all).")
+def prepare(file: Path, use_ray: bool, cpus: int | None) -> None:
+    """Tokenize, pack and cache the job's data (what every run does first).
+
+    A second run with the same inputs is a cache hit that does no tokenization.
+    """
+    import json
+
+    from .storage import S3Settings, Storage, StorageError
+
+    setup_logging()
+    job = _load_local_job(file)
+    storage = Storage(S3Settings.from_spec(job.spec.storage))
+    try:
+        from cpt_trainer.data import DataError
+        from cpt_trainer.data import prepare as run_prepare
+        from cpt_trainer.sources import ModelSourceError
+
+        if use_ray:
+            from cpt_trainer.local_ray import local_ray
+
+            with local_ray(num_cpus=cpus):
+                report = run_prepare(job.spec, storage, use_ray=True, parallelism=cpus or 2)
+        else:
+            report = run_prepare(job.spec, storage)
+    except (DataError, ModelSourceError, StorageError) as exc:
+        _fail(str(exc))
+    for source in report.sources:
+        m = source.manifest
+        state = "cache hit" if source.cache_hit else f"tokenized {source.tokenized_documents} documents"
+        click.echo(
+            f"{source.name}: {state}; {m['train']['rows']} rows x {m['sequenceLength']} tokens, "
+            f"{m['holdout']['documents']} holdout documents, {m['skipped']['malformed']} malformed skipped "
+            f"-> {source.uri}"
+        )
+    click.echo(json.dumps({"tokenizedDocuments": report.tokenized_documents}), err=True)
+
+
 @main.command()
 def crd() -> None:
     """Print the CPTJob CustomResourceDefinition generated from the API models."""

@@ -551,6 +551,27 @@ class CPTJobSpec(_Model):
         assert self.training.tokens is not None
         return -(-self.training.tokens // self.training.global_batch_tokens)
 
+    def with_base_dir(self, base_dir: str) -> CPTJobSpec:
+        """A copy whose relative local paths are made absolute against `base_dir` (the job file's
+        directory), so `cpt run` works from any working directory."""
+        import os.path
+
+        def fix(uri: str | None) -> str | None:
+            if uri is None or _scheme(uri) or os.path.isabs(uri):
+                return uri
+            trailing = "/" if uri.endswith("/") else ""
+            return os.path.normpath(os.path.join(base_dir, uri)) + trailing
+
+        spec = self.model_copy(deep=True)
+        spec.model.source = fix(spec.model.source) or spec.model.source
+        spec.model.tokenizer = fix(spec.model.tokenizer)
+        for source in spec.data.sources:
+            source.uris = [fix(u) or u for u in source.uris]
+        spec.data.cache_uri = fix(spec.data.cache_uri)
+        spec.checkpoint.uri = fix(spec.checkpoint.uri) or spec.checkpoint.uri
+        spec.evaluation.probes = fix(spec.evaluation.probes)
+        return spec
+
     def resolved(self) -> CPTJobSpec:
         """A copy with every derived default made explicit (what the trainer runs with)."""
         spec = self.model_copy(deep=True)

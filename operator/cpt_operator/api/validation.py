@@ -499,10 +499,16 @@ def load_documents(path: str | Path) -> list[Any]:
     return docs
 
 
-def load_job(path: str | Path) -> api.CPTJob:
-    """The single CPTJob in a file (what `cpt run`, `cpt prepare` and `cpt train` take)."""
+def load_job(path: str | Path, local: bool = False) -> api.CPTJob:
+    """The single CPTJob in a file (what `cpt run`, `cpt prepare` and `cpt train` take).
+
+    With `local=True` relative paths in the spec are resolved against the file's directory.
+    """
     docs = load_documents(path)
     jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == api.KIND]
     if len(jobs) != 1:
         raise InvalidJob(str(path), [Problem("", f"expected exactly one CPTJob document (found {len(jobs)})")])
-    return parse_job(jobs[0], str(path))
+    job = parse_job(jobs[0], str(path))
+    if local:
+        job.spec = job.spec.with_base_dir(str(Path(path).resolve().parent))
+    return job

@@ -1,0 +1,74 @@
+"""An embedded, loopback-only Ray for `cpt run`, `cpt prepare --ray` and the tests.
+
+Ray would otherwise bind to a non-loopback address, write under ~/.ray and /tmp/ray, and leave
+`ray::` processes behind when the driver dies; this context manager avoids all three and
+always shuts Ray down, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+#: Environment that keeps Ray local and quiet; also passed to every Ray worker process.
+RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_TRAIN_V2_ENABLED": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+    "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
+}
+
+
+def worker_env() -> dict[str, str]:
+    """Environment for Ray workers: ours plus storage credentials and caches from the driver."""
+    env = dict(RAY_ENV)
+    for key in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL",
+        "AWS_REGION",
+        "CPT_CACHE_DIR",
+        "TORCH_EXTENSIONS_DIR",
+        "HF_HOME",
+        "PYTHONPATH",
+    ):
+        if os.environ.get(key):
+            env[key] = os.environ[key]
+    return env
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int | None = None, include_dashboard: bool = False, **kwargs: Any) -> Iterator[None]:
+    """Start a local Ray on 127.0.0.1 in a private temp dir; shut it down on exit."""
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    # Unix socket paths are limited to ~107 bytes: keep the temp dir short.
+    temp_dir = tempfile.mkdtemp(prefix="cpt-ray-", dir="/tmp")
+    try:
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=include_dashboard,
+            _node_ip_address="127.0.0.1",
+            _temp_dir=temp_dir,
+            configure_logging=True,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+            runtime_env={"env_vars": worker_env()},
+            **kwargs,
+        )
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)

