@@ -135,6 +135,45 @@ def prepare(file: Path, use_ray: bool, cpus: int | None) -> None:
 
 
 @main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--cpus", type=int, default=None, help="CPUs for the embedded Ray (default: all).")
+def run(file: Path, cpus: int | None) -> None:
+    """Run a CPTJob on this machine: embedded Ray, local paths or S3, live progress, final report.
+
+    Running the same file again resumes from the newest committed checkpoint.
+    Exit status: 0 succeeded, 1 failed, 3 stopped (e.g. forgetting detected), 130 interrupted.
+    """
+    setup_logging(logging_level())
+    job = _load_local_job(file)
+    from cpt_trainer.commands import run_local
+
+    sys.exit(run_local(job, cpus))
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--attempt", type=int, required=True, help="Attempt number assigned by the operator (fencing).")
+@click.option("--uid", default=None, help="The CPTJob's metadata.uid (checkpoint identity).")
+@click.option("--max-worker-failures", type=int, default=1, help="In-attempt worker restarts by Ray Train.")
+def train(file: Path, attempt: int, uid: str | None, max_worker_failures: int) -> None:
+    """The RayJob entrypoint: train one attempt of the CPTJob in FILE on the current Ray cluster."""
+    setup_logging()
+    job = _load_local_job(file)
+    if uid:
+        job.metadata.uid = uid
+    from cpt_trainer.commands import train_in_cluster
+
+    sys.exit(train_in_cluster(job, attempt, max_worker_failures))
+
+
+def logging_level() -> int:
+    import logging
+    import os
+
+    return logging.DEBUG if os.environ.get("CPT_DEBUG") else logging.WARNING
+
+
+@main.command()
 def crd() -> None:
     """Print the CPTJob CustomResourceDefinition generated from the API models."""
     from .api.crd import crd_yaml

@@ -25,6 +25,7 @@ RAY_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
     "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
+    "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning",
 }
 
 
@@ -48,7 +49,7 @@ def worker_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def local_ray(num_cpus: int | None = None, include_dashboard: bool = False, **kwargs: Any) -> Iterator[None]:
+def local_ray(num_cpus: int | None = None, include_dashboard: bool = True, **kwargs: Any) -> Iterator[None]:
     """Start a local Ray on 127.0.0.1 in a private temp dir; shut it down on exit."""
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
@@ -59,7 +60,10 @@ def local_ray(num_cpus: int | None = None, include_dashboard: bool = False, **kw
     try:
         ray.init(
             num_cpus=num_cpus,
+            # Ray Train polls the State API, which the dashboard serves; without it the log fills
+            # with "State API may be temporarily unavailable".
             include_dashboard=include_dashboard,
+            dashboard_host="127.0.0.1",
             _node_ip_address="127.0.0.1",
             _temp_dir=temp_dir,
             configure_logging=True,

@@ -521,6 +521,15 @@ class CPTJobSpec(_Model):
     """Restarts, deadline, suspension."""
 
     @model_validator(mode="after")
+    def _lora_zero3(self) -> CPTJobSpec:
+        if self.training.lora is not None and self.deepspeed.zero_stage == 3:
+            raise FieldError(
+                ("training", "lora"),
+                "LoRA is not supported with deepspeed.zeroStage 3 yet (the adapters are small; use zeroStage 2)",
+            )
+        return self
+
+    @model_validator(mode="after")
     def _batch_geometry(self) -> CPTJobSpec:
         row = self.data.sequence_length * self.training.micro_batch_size
         if self.training.global_batch_tokens % row != 0:

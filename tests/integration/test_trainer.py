@@ -1,0 +1,264 @@
+"""The Trainer in one process (real DeepSpeed on CPU, gloo): resume, export, forgetting, faults, fencing.
+
+The same class runs under Ray Train in test_ray_train.py; here it runs without Ray, which is
+also how torchrun runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from cpt_operator.api.progress import Progress
+from cpt_operator.api.v1alpha1 import CPTJobSpec
+from cpt_operator.storage import S3Settings, Storage
+from cpt_trainer.checkpoint import COMMITTED, CheckpointStore, FencedOut, IdentityMismatch
+from cpt_trainer.data import SamplerStateMismatch, prepare
+from cpt_trainer.engine import init_distributed_single_process
+from cpt_trainer.faults import InjectedFault
+from cpt_trainer.sources import ModelSourceError
+from cpt_trainer.trainer import RunContext, Trainer
+
+from tests.support.jobs import tiny_job
+
+
+@pytest.fixture(scope="module", autouse=True)
+def process_group() -> None:
+    os.environ.pop("CPT_FAULT", None)
+    init_distributed_single_process()
+
+
+def spec_for(run: Path, **overrides: Any) -> CPTJobSpec:
+    base: dict[str, Any] = {
+        "spec": {
+            "training": {"steps": 8, "globalBatchTokens": 512, "microBatchSize": 2},
+            "checkpoint": {"uri": str(run) + "/", "intervalSteps": 2, "keepLast": 3, "export": {"dtype": "float32"}},
+            "evaluation": {"intervalSteps": 4, "maxBatches": 2},
+            "data": {"cacheUri": str(run.parent / "cache") + "/"},
+        }
+    }
+    job = tiny_job(**base)
+    doc = job.spec.wire()
+    _merge(doc, overrides)
+    return CPTJobSpec.model_validate(doc)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def make_trainer(
+    spec: CPTJobSpec, attempt: int = 1, job: str = "t", record: list[Any] | None = None, **hooks: Any
+) -> Trainer:
+    prepared = prepare(spec.resolved(), Storage()).sources
+    on_step = hooks.get("on_step")
+    if record is not None:
+
+        def on_step(trainer: Trainer) -> None:
+            record.append((trainer.step, trainer.losses[trainer.step]))
+            if hooks.get("on_step"):
+                hooks["on_step"](trainer)
+
+    trainer = Trainer(spec, prepared, S3Settings(), RunContext(attempt=attempt, job=job), on_step=on_step)
+    trainer.setup()
+    return trainer
+
+
+def read_progress(run: Path) -> Progress:
+    return Progress.model_validate_json((run / "_status" / "progress.json").read_text())
+
+
+def test_interrupted_run_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = make_trainer(spec_for(tmp_path / "a")).fit()
+    assert reference.state == "succeeded" and len(reference.losses) == 8
+
+    run = tmp_path / "b"
+    monkeypatch.setenv("CPT_FAULT", "raise_at_step=5")
+    first = make_trainer(spec_for(run))
+    with pytest.raises(InjectedFault):
+        first.fit()
+    first.finish_commit()  # what a crash would leave is at most an uncommitted upload
+    monkeypatch.delenv("CPT_FAULT")
+    assert CheckpointStore(Storage(), str(run)).latest_committed().step == 4
+
+    seen: list[Any] = []
+    resumed = make_trainer(spec_for(run), attempt=2, record=seen)
+    assert resumed.step == 4
+    # The next sample is the one the uninterrupted run took at step 5.
+    next_batch = resumed.loader.micro_batch(4, 0)
+    assert next_batch.indices.tolist() == reference_indices(spec_for(tmp_path / "a"), step=4)
+    outcome = resumed.fit()
+    assert outcome.state == "succeeded"
+    assert [s for s, _ in seen] == [5, 6, 7, 8]
+    for step in range(5, 9):
+        assert outcome.losses[step] == pytest.approx(reference.losses[step], abs=1e-6), step
+    # Steps before the interruption come from the checkpoint's history.
+    assert outcome.losses[3] == pytest.approx(reference.losses[3], abs=1e-6)
+    assert read_progress(run).attempt == 2
+
+
+def reference_indices(spec: CPTJobSpec, step: int) -> list[int]:
+    from cpt_trainer.data import BlendedSampler
+
+    rows = spec.training.global_batch_tokens // spec.data.sequence_length
+    return BlendedSampler.rank_indices(step, 0, 1, rows)[: spec.training.micro_batch_size].tolist()
+
+
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_export_loads_with_transformers_and_has_equal_logits(tmp_path: Path, zero_stage: int) -> None:
+    from transformers import AutoModelForCausalLM
+
+    spec = spec_for(tmp_path / "run", deepspeed={"zeroStage": zero_stage}, training={"steps": 4})
+    trainer = make_trainer(spec)
+    outcome = trainer.fit()
+    assert outcome.state == "succeeded"
+    final = tmp_path / "run" / "final"
+    assert (final / "model.safetensors").exists() and (final / "tokenizer.json").exists()
+    assert "Data mix" in (final / "README.md").read_text()
+    exported = AutoModelForCausalLM.from_pretrained(final)
+    ids = torch.tensor([[5, 17, 99, 400, 3, 1000, 2047, 12]])
+    with torch.no_grad():
+        trained = trainer.engine.module(input_ids=ids).logits
+        loaded = exported(input_ids=ids).logits
+    assert torch.allclose(trained, loaded, atol=1e-5), (trained - loaded).abs().max()
+    progress = read_progress(tmp_path / "run")
+    assert progress.state == "succeeded" and progress.model_uri == f"file://{final}/"
+    assert (tmp_path / "run" / "report" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "report" / "metrics.jsonl").read_text().splitlines()]
+    assert {m["kind"] for m in metrics} == {"train", "eval"}
+
+
+def test_forgetting_stop_checkpoints_and_ends_stopped(tmp_path: Path) -> None:
+    # A small model that knows "general" text first ...
+    general_only = {
+        "sources": [
+            {"name": "general", "role": "domain", "uris": tiny_job().spec.data.sources[1].uris, "weight": 1},
+        ]
+    }
+    pre = spec_for(
+        tmp_path / "pre",
+        data=general_only,
+        training={"steps": 40, "learningRate": 3e-3},
+        evaluation={"intervalSteps": 40},
+    )
+    assert make_trainer(pre).fit().state == "succeeded"
+    # ... then continued on domain data only, with replay at weight 0 (evaluated, never trained on).
+    spec = spec_for(
+        tmp_path / "cpt",
+        model={"source": str(tmp_path / "pre" / "final"), "init": "pretrained"},
+        data={"sources": [
+            {**tiny_job().spec.data.sources[0].wire(), "weight": 1},
+            {**tiny_job().spec.data.sources[1].wire(), "weight": 0},
+        ]},
+        training={"steps": 40, "learningRate": 1e-2, "schedule": {"warmupSteps": 0, "type": "constant"}},
+        evaluation={"intervalSteps": 2, "forgetting": {"maxGeneralLossIncrease": 0.02, "action": "stop"}},
+        checkpoint={"intervalSteps": 100},
+    )  # fmt: skip
+    trainer = make_trainer(spec)
+    outcome = trainer.fit()
+    assert outcome.state == "stopped" and outcome.reason == "ForgettingDetected"
+    assert outcome.step < 40
+    progress = read_progress(tmp_path / "cpt")
+    assert progress.state == "stopped" and progress.reason == "ForgettingDetected"
+    assert progress.forgetting_detected and progress.general_loss_increase > 0.02
+    assert progress.checkpoint is not None and progress.checkpoint.step == outcome.step
+    assert (tmp_path / "cpt" / f"step-{outcome.step:08d}" / COMMITTED).exists()
+    assert not (tmp_path / "cpt" / "final").exists()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    monkeypatch.setenv("CPT_FAULT", "nan_at_step=5")
+    trainer = make_trainer(spec_for(run))
+    outcome = trainer.fit()
+    assert outcome.state == "failed" and outcome.reason == "NonFiniteLoss"
+    progress = read_progress(run)
+    assert progress.state == "failed" and "NaN/inf at step 5" in progress.message
+    assert "last committed checkpoint (step 4) is intact" in progress.message
+    latest = CheckpointStore(Storage(), str(run)).latest_committed()
+    assert latest is not None and latest.step == 4
+    # The weights in memory never saw the NaN: the engine is still finite.
+    assert all(torch.isfinite(p).all() for p in trainer.engine.module.parameters())
+
+
+def test_uncommitted_checkpoints_are_ignored_and_retention_keeps_the_newest(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    make_trainer(spec_for(run, checkpoint={"keepLast": 1})).fit()
+    steps = sorted(p.name for p in run.glob("step-*"))
+    assert steps == ["step-00000008"]
+    fake = run / "step-00000099"
+    (fake / "ckpt").mkdir(parents=True)
+    (fake / "trainer_state.json").write_text("{}")
+    store = CheckpointStore(Storage(), str(run))
+    assert store.latest_committed().step == 8
+    assert store.retain(1, newest=8) == []  # never deletes the newest committed one
+
+
+def test_another_jobs_run_directory_is_never_resumed(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    make_trainer(spec_for(run, training={"steps": 2})).fit()
+    with pytest.raises(IdentityMismatch, match="already holds the run of job 't'"):
+        make_trainer(spec_for(run, training={"steps": 2}), job="other")
+
+
+def test_an_older_attempt_is_fenced_out(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+
+    def takeover(trainer: Trainer) -> None:
+        if trainer.step == 3:
+            CheckpointStore(Storage(), str(run)).claim("t", None, attempt=7)
+
+    trainer = make_trainer(spec_for(run), on_step=takeover)
+    outcome = trainer.fit()
+    assert outcome.state == "failed" and outcome.reason == "FencedOut"
+    committed = CheckpointStore(Storage(), str(run)).committed_steps()
+    assert max(committed) <= 4 and not (run / "step-00000006" / COMMITTED).exists()
+    with pytest.raises(FencedOut):
+        make_trainer(spec_for(run), attempt=6)
+
+
+def test_resume_with_changed_mixture_is_refused_unless_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    monkeypatch.setenv("CPT_FAULT", "raise_at_step=3")
+    with pytest.raises(InjectedFault):
+        make_trainer(spec_for(run)).fit()
+    monkeypatch.delenv("CPT_FAULT")
+    changed = {
+        "sources": [{**s.wire(), "weight": w} for s, w in zip(tiny_job().spec.data.sources, (80, 20), strict=True)]
+    }
+    with pytest.raises(SamplerStateMismatch, match="allowChangesOnResume"):
+        make_trainer(spec_for(run, data=changed), attempt=2)
+    allowed = make_trainer(spec_for(run, data={**changed, "allowChangesOnResume": True}), attempt=3)
+    assert allowed.step == 2
+    assert allowed.fit().state == "succeeded"
+    assert read_progress(run).resumed_with_changes
+
+
+def test_tokenizer_model_mismatch_is_a_clear_error(tmp_path: Path) -> None:
+    model_dir = tmp_path / "small-vocab"
+    model_dir.mkdir()
+    config = json.loads((Path(tiny_job().spec.model.source) / "config.json").read_text())
+    config["vocab_size"] = 1000
+    (model_dir / "config.json").write_text(json.dumps(config))
+    spec = spec_for(tmp_path / "run", model={"source": str(model_dir), "tokenizer": tiny_job().spec.model.source})
+    with pytest.raises(ModelSourceError, match="tokenizer/model mismatch: the tokenizer has 2048 tokens"):
+        make_trainer(spec)
+
+
+def test_progress_accounting(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    make_trainer(spec_for(run, training={"steps": 4})).fit()
+    progress = read_progress(run)
+    consumed = {s.name: s.tokens_consumed for s in progress.data}
+    assert sum(consumed.values()) == progress.tokens == 4 * 512
+    assert consumed["veloria"] == pytest.approx(0.9 * progress.tokens, abs=128)
+    assert np.isfinite(progress.baseline.domain_loss) and progress.evaluation.step == 4

@@ -1,0 +1,185 @@
+"""`cpt run` (the laptop path) and `cpt train` (the RayJob entrypoint), behind the click CLI."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+from cpt_operator.api.progress import Progress as ProgressFile
+from cpt_operator.api.v1alpha1 import CPTJob
+from cpt_operator.storage import S3Settings, Storage
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .launch import cluster_options, local_options, next_attempt, read_progress, run_job
+
+log = logging.getLogger(__name__)
+console = Console(stderr=True)
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _delta(before: float | None, after: float | None) -> str:
+    if before is None or after is None or before == 0:
+        return "-"
+    return f"{100 * (after / before - 1):+.1f} %"
+
+
+class ProgressWatcher:
+    """Polls the progress file (the operator's contract) and renders a live progress bar."""
+
+    def __init__(self, storage: Storage, run_uri: str, attempt: int, total: int) -> None:
+        self.storage, self.run_uri, self.attempt = storage, run_uri, attempt
+        self.stop = threading.Event()
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task = self.bar.add_task("preparing", total=total, info="")
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stop.wait(1.0):
+            self.refresh()
+
+    def refresh(self) -> None:
+        try:
+            p = read_progress(self.storage, self.run_uri)
+        except Exception:
+            return
+        if p is None or p.attempt != self.attempt:
+            return
+        info = [f"loss {_fmt(p.loss)}"]
+        if p.tokens_per_second:
+            info.append(f"{p.tokens_per_second:,.0f} tok/s")
+        if p.eta_seconds is not None and p.state == "running":
+            info.append(f"ETA {p.eta_seconds // 60}m{p.eta_seconds % 60:02d}s")
+        if p.evaluation:
+            info.append(f"domain {_fmt(p.evaluation.domain_loss, 3)} general {_fmt(p.evaluation.general_loss, 3)}")
+        if p.forgetting_detected:
+            info.append("[red]forgetting![/red]")
+        self.bar.update(self.task, completed=p.step, total=p.total_steps or None, description=p.state,
+                        info="  ".join(info))  # fmt: skip
+
+    def __enter__(self) -> ProgressWatcher:
+        self.bar.start()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.refresh()
+        self.bar.stop()
+
+
+def print_summary(p: ProgressFile | None) -> None:
+    if p is None:
+        console.print("[red]no progress was written[/red]")
+        return
+    base, last = p.baseline, p.evaluation
+    table = Table(title=f"CPT run '{p.job}' (attempt {p.attempt}): {p.state}", show_lines=False)
+    table.add_column("metric")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    table.add_column("change", justify="right")
+    if base and last:
+        table.add_row("domain holdout loss", _fmt(base.domain_loss), _fmt(last.domain_loss),
+                      _delta(base.domain_loss, last.domain_loss))  # fmt: skip
+        table.add_row("general holdout loss", _fmt(base.general_loss), _fmt(last.general_loss),
+                      _delta(base.general_loss, last.general_loss))  # fmt: skip
+    if p.probes_before and p.probes_after:
+        table.add_row("probe F1", _fmt(p.probes_before.f1, 3), _fmt(p.probes_after.f1, 3),
+                      f"{p.probes_after.f1 - p.probes_before.f1:+.3f}")  # fmt: skip
+        table.add_row(
+            "probe exact match", _fmt(p.probes_before.exact_match, 3), _fmt(p.probes_after.exact_match, 3), ""
+        )
+    console.print(table)
+    console.print(f"steps {p.step}/{p.total_steps}, tokens {p.tokens:,}")
+    if p.reason or p.message:
+        console.print(f"[yellow]{p.reason or ''}[/yellow] {p.message or ''}")
+    if p.checkpoint:
+        console.print(f"last committed checkpoint: {p.checkpoint.uri} (step {p.checkpoint.step})")
+    if p.model_uri:
+        console.print(f"model:  {p.model_uri}")
+    if p.report_uri:
+        console.print(f"report: {p.report_uri} (metrics.jsonl, loss.png, summary.json)")
+
+
+def exit_code(p: ProgressFile | None) -> int:
+    if p is None:
+        return 1
+    return {"succeeded": 0, "stopped": 3}.get(p.state, 1)
+
+
+def run_local(job: CPTJob, cpus: int | None = None) -> int:
+    """`cpt run`: an embedded Ray on this machine, the same driver as on a cluster."""
+    from .local_ray import local_ray
+
+    spec = job.spec.resolved()
+    storage = Storage(S3Settings.from_spec(spec.storage))
+    attempt = next_attempt(storage, spec.checkpoint.uri)
+    cpus = cpus or os.cpu_count() or 2
+    options = local_options(spec, cpus)
+    console.print(
+        f"[bold]cpt run[/bold] {job.metadata.name}: attempt {attempt}, {options.num_workers} "
+        f"{'GPU' if options.use_gpu else 'CPU'} worker(s), run directory {spec.checkpoint.uri}"
+    )
+    final = None
+    try:
+        with local_ray(num_cpus=cpus), ProgressWatcher(storage, spec.checkpoint.uri, attempt, spec.total_steps):
+            final = run_job(job, options, attempt)
+    except KeyboardInterrupt:
+        console.print(
+            "[yellow]interrupted: Ray is shut down; `cpt run` again resumes from the last checkpoint[/yellow]"
+        )
+        return 130
+    except Exception as exc:
+        final = read_progress(storage, spec.checkpoint.uri)
+        console.print(f"[red]training failed:[/red] {final.message if final and final.message else exc}")
+        print_summary(final)
+        return 1
+    print_summary(final)
+    return exit_code(final)
+
+
+def train_in_cluster(job: CPTJob, attempt: int, max_worker_failures: int) -> int:
+    """`cpt train`: the RayJob entrypoint. Connects to the RayJob's cluster; no embedded Ray."""
+    import ray
+
+    from .local_ray import worker_env
+
+    spec = job.spec.resolved()
+    ray.init(runtime_env={"env_vars": worker_env()}, logging_level=logging.WARNING)
+    started = time.monotonic()
+    try:
+        final = run_job(job, cluster_options(spec, max_worker_failures), attempt, storage_path=_ray_storage(spec))
+    except Exception as exc:
+        print(f"cpt train: attempt {attempt} failed: {exc}", file=sys.stderr)
+        return 1
+    log.info("attempt %d ended %s after %.0fs", attempt, final.state if final else "?", time.monotonic() - started)
+    print_summary(final)
+    # A deliberate stop (forgetting) is not a crash: the RayJob succeeds and the operator reads the reason.
+    return 0 if final is not None and final.state in ("succeeded", "stopped") else 1
+
+
+def _ray_storage(spec: Any) -> str:
+    """Ray Train's own run state; kept beside the checkpoints' run directory when it is local."""
+    from cpt_operator.storage import parse_uri
+
+    location = parse_uri(spec.checkpoint.uri)
+    if location.is_s3:
+        return os.path.join("/tmp", "cpt-ray-results")
+    return os.path.join(location.key, "_ray")

@@ -1,0 +1,118 @@
+"""The DeepSpeed engine: a config generated from the spec (raw overrides merged last) and its start-up.
+
+On CPU the engine uses gloo (or oneCCL when installed) and never JIT-builds an op at run time:
+the shared-memory comm op is switched off (it is an intra-node optimisation that costs a ~60 s
+compile), and CPU-offloaded Adam is only used when asked for.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import torch
+from cpt_operator.api.v1alpha1 import CPTJobSpec
+
+
+class GeometryError(ValueError):
+    """The batch geometry does not divide over the workers."""
+
+
+def batch_geometry(spec: CPTJobSpec, world: int) -> tuple[int, int]:
+    """(rows per global batch, gradient accumulation steps) for `world` training processes."""
+    rows = spec.training.global_batch_tokens // spec.data.sequence_length
+    mbs = spec.training.micro_batch_size
+    if rows % (world * mbs):
+        raise GeometryError(
+            f"training.globalBatchTokens / data.sequenceLength = {rows} rows per step does not divide over "
+            f"{world} training processes x training.microBatchSize {mbs}; make it a multiple of {world * mbs} rows "
+            f"(globalBatchTokens {world * mbs * spec.data.sequence_length * max(1, rows // (world * mbs))}) "
+            "or change cluster.workers"
+        )
+    return rows, rows // (world * mbs)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def deepspeed_config(spec: CPTJobSpec, world: int, dtype: torch.dtype) -> dict[str, Any]:
+    """The DeepSpeed config for this job (pure; unit-tested)."""
+    rows, accumulation = batch_geometry(spec, world)
+    training = spec.training
+    zero: dict[str, Any] = {
+        "stage": spec.deepspeed.zero_stage,
+        "overlap_comm": False,
+        "contiguous_gradients": True,
+    }
+    if spec.deepspeed.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    offload = spec.deepspeed.offload_optimizer == "cpu"
+    if offload:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    config: dict[str, Any] = {
+        "train_batch_size": rows,
+        "train_micro_batch_size_per_gpu": training.micro_batch_size,
+        "gradient_accumulation_steps": accumulation,
+        "gradient_clipping": training.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "fp16": {"enabled": dtype == torch.float16, "initial_scale_power": 16},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": spec.learning_rate,
+                "betas": [training.optimizer.beta1, training.optimizer.beta2],
+                "eps": training.optimizer.eps,
+                "weight_decay": training.weight_decay,
+                # torch's AdamW unless offloading: no JIT-compiled fused op is needed.
+                **({} if offload else {"torch_adam": True, "adam_w_mode": True}),
+            },
+        },
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,
+    }
+    return _merge(config, spec.deepspeed.config)
+
+
+def prepare_deepspeed_runtime() -> None:
+    """Process-wide settings that must precede `deepspeed.initialize` (idempotent)."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed.ops
+
+    # The shared-memory allreduce op would JIT-compile for ~60 s on first use; gloo is enough here.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def init_distributed_single_process() -> None:
+    """A one-process group for running the Trainer without Ray or torchrun (tests, benchmarks)."""
+    import socket
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend, rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
+
+
+def create_engine(model: Any, groups: list[dict[str, Any]], config: dict[str, Any]) -> Any:
+    import deepspeed
+
+    prepare_deepspeed_runtime()
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=config)
+    return engine

@@ -1,0 +1,112 @@
+"""Export the trained model as a consolidated Hugging Face model to `<checkpoint.uri>/final/`.
+
+Works from every ZeRO stage: with ZeRO-3 the parameter shards are gathered layer by layer
+onto rank 0 (a collective: every rank calls `consolidated_state_dict`). LoRA adapters are
+merged into the base weights, so the result loads with plain `AutoModelForCausalLM`.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from cpt_operator.api.v1alpha1 import CPTJobSpec
+from cpt_operator.storage import Location, Storage
+
+from .model import DTYPES
+
+
+def consolidated_state_dict(engine: Any, zero_stage: int) -> dict[str, torch.Tensor] | None:
+    """The full state dict on rank 0 (None elsewhere). Collective under ZeRO-3."""
+    import torch.distributed as dist
+
+    if zero_stage == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()
+        return state if dist.get_rank() == 0 else None
+    if dist.get_rank() != 0:
+        return None
+    return {k: v.detach() for k, v in engine.module.state_dict().items()}
+
+
+def _model_card(spec: CPTJobSpec, job: str, summary: dict[str, Any]) -> str:
+    total = sum(s.weight for s in spec.data.sources)
+    mix = "\n".join(
+        f"| {s.name} | {s.role.value} | {100 * s.weight / total:.1f} % | {', '.join(s.uris)} |"
+        for s in spec.data.sources
+    )
+    metrics = "\n".join(f"| {k} | {v} |" for k, v in summary.items())
+    return f"""---
+library_name: transformers
+tags: [continued-pretraining, cpt-operator]
+---
+# {job}
+
+Continued pre-training of `{spec.model.source}` ({spec.model.kind} model) with cpt-operator.
+
+## Data mix
+
+| source | role | share | uris |
+|---|---|---|---|
+{mix}
+
+Sequence length {spec.data.sequence_length}, {spec.total_steps} steps of {spec.training.global_batch_tokens} tokens,
+peak learning rate {spec.learning_rate:g} ({spec.training.schedule.type.value} schedule), seed {spec.training.seed}.
+
+## Final metrics
+
+| metric | value |
+|---|---|
+{metrics}
+"""
+
+
+def export_model(
+    engine: Any,
+    spec: CPTJobSpec,
+    tokenizer: Any,
+    storage: Storage,
+    target: Location,
+    job: str,
+    summary: dict[str, Any],
+) -> str | None:
+    """Write the consolidated model (rank 0 uploads). Returns the URI on rank 0."""
+    state = consolidated_state_dict(engine, spec.deepspeed.zero_stage)
+    if state is None:
+        return None
+    dtype = DTYPES[spec.checkpoint.export.dtype]
+    module = engine.module
+    if spec.training.lora is not None:
+        module = _merged_lora(module, state)
+        state = {k: v for k, v in module.state_dict().items()}
+    state = {
+        k: v.detach().to("cpu", dtype=dtype if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in state.items()
+    }
+    base = module.get_base_model() if hasattr(module, "get_base_model") else module
+    config = base.config
+    config.use_cache = True
+    config.dtype = dtype
+    with tempfile.TemporaryDirectory(prefix="cpt-export-") as tmp:
+        out = Path(tmp)
+        base.save_pretrained(out, state_dict=state, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        generation = getattr(base, "generation_config", None)
+        if generation is not None:
+            generation.save_pretrained(out)
+        (out / "README.md").write_text(_model_card(spec, job, summary))
+        (out / "cpt_export.json").write_text(json.dumps({"job": job, "dtype": spec.checkpoint.export.dtype, **summary}))
+        storage.delete_prefix(target)
+        storage.upload_dir(out, target)
+    return str(target)
+
+
+def _merged_lora(module: Any, state: dict[str, torch.Tensor]) -> Any:
+    """A CPU copy of a peft model with `state` loaded and the adapters merged into the base weights."""
+    import copy
+
+    cpu = copy.deepcopy(module).to("cpu")
+    cpu.load_state_dict({k: v.to("cpu") for k, v in state.items()}, strict=False)
+    return cpu.merge_and_unload()

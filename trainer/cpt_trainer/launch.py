@@ -1,0 +1,204 @@
+"""Launching: prepare the data, then run the Trainer on every worker with Ray Train.
+
+`run_job` is the driver behind both `cpt run` (an embedded local Ray) and `cpt train` (the
+RayJob entrypoint on a cluster, connecting to its Ray). It
+
+1. claims the run directory's fence for this attempt (an older attempt can no longer write),
+2. prepares the data (Ray Data, content-addressed cache: usually a no-op on a restart),
+3. starts a `TorchTrainer` whose `FailureConfig` restarts lost workers from the last committed
+   checkpoint, with a stable run name derived from the job identity,
+4. returns the final progress (the same file the operator reads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cpt_operator.api.progress import PROGRESS_PATH, Progress
+from cpt_operator.api.v1alpha1 import CPTJob, CPTJobSpec
+from cpt_operator.storage import NotFound, S3Settings, Storage, parse_uri
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LaunchOptions:
+    """How to lay the training processes onto the Ray cluster."""
+
+    num_workers: int
+    use_gpu: bool
+    resources_per_worker: dict[str, float]
+    max_failures: int
+    data_parallelism: int = 2
+    cpu_threads: int | None = None  # torch threads per CPU worker (Ray would pin each to one)
+    worker_env: dict[str, str] = field(default_factory=dict)  # extra environment for the training workers
+
+
+def run_name(job: CPTJob) -> str:
+    """A stable Ray run name from the job identity (namespace, name, uid)."""
+    identity = f"{job.metadata.namespace or 'default'}/{job.metadata.name}/{job.metadata.uid or '-'}"
+    return f"cpt-{job.metadata.name[:40]}-{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
+
+
+def local_options(spec: CPTJobSpec, cpus: int) -> LaunchOptions:
+    """Workers for a single machine: GPUs when present, otherwise CPU workers that leave room for Ray Data."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if spec.cluster.gpus_per_worker > 0 and gpus > 0:
+        n = min(gpus, spec.cluster.workers * spec.cluster.gpus_per_worker)
+        return LaunchOptions(n, True, {"GPU": 1, "CPU": 1}, spec.run_policy.max_restarts)
+    n = spec.cluster.workers
+    # Fractional CPUs: with whole CPUs per worker, Ray Data's readers would starve on small machines.
+    per_worker = max(0.1, min(1.0, (cpus - 0.5) / n))
+    return LaunchOptions(
+        n, False, {"CPU": round(per_worker, 2)}, spec.run_policy.max_restarts, data_parallelism=cpus,
+        cpu_threads=max(1, cpus // n),
+    )  # fmt: skip
+
+
+def cluster_options(spec: CPTJobSpec, max_failures: int) -> LaunchOptions:
+    """One training process per GPU across the worker pods (or one per pod on CPU)."""
+    if spec.cluster.gpus_per_worker > 0:
+        n = spec.cluster.workers * spec.cluster.gpus_per_worker
+        return LaunchOptions(n, True, {"GPU": 1}, max_failures, data_parallelism=max(2, spec.cluster.workers))
+    return LaunchOptions(spec.cluster.workers, False, {"CPU": 1}, max_failures, data_parallelism=2)
+
+
+def read_progress(storage: Storage, run_uri: str) -> Progress | None:
+    try:
+        return Progress.model_validate_json(storage.read_text(parse_uri(run_uri).as_prefix().join(PROGRESS_PATH)))
+    except NotFound:
+        return None
+
+
+def next_attempt(storage: Storage, run_uri: str) -> int:
+    """For `cpt run` (no operator): one more than the attempt that last owned the run directory."""
+    from .checkpoint import CheckpointStore
+
+    return CheckpointStore(storage, run_uri).fence() + 1
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker: build the Trainer for this rank and fit."""
+    import ray.train
+    import torch
+
+    from .data import PreparedSource
+    from .trainer import RunContext, Trainer
+
+    os.environ.update(config.get("env") or {})
+    if config.get("cpu_threads") and not torch.cuda.is_available():
+        torch.set_num_threads(int(config["cpu_threads"]))
+    context = ray.train.get_context()
+    ctx = RunContext(
+        rank=context.get_world_rank(),
+        world=context.get_world_size(),
+        local_rank=context.get_local_rank(),
+        attempt=config["attempt"],
+        job=config["job"],
+        uid=config["uid"],
+    )
+    spec = CPTJobSpec.model_validate_json(config["spec"])
+    prepared = [PreparedSource(**p) for p in config["prepared"]]
+    settings = S3Settings.from_spec(spec.storage)
+    trainer = Trainer(spec, prepared, settings, ctx)
+    trainer.setup()
+    outcome = trainer.fit()
+    if outcome.state == "failed" and outcome.reason == "FencedOut":
+        raise RuntimeError(outcome.message)
+
+
+def run_job(
+    job: CPTJob,
+    options: LaunchOptions,
+    attempt: int,
+    on_prepared: Callable[[], None] | None = None,
+    storage_path: str | None = None,
+) -> Progress | None:
+    """Prepare and train one attempt of `job` on the connected Ray cluster; returns the final progress."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from .checkpoint import CheckpointStore, now
+    from .data import DataError, prepare
+    from .sources import ModelSourceError
+
+    spec = job.spec.resolved()
+    settings = S3Settings.from_spec(spec.storage)
+    storage = Storage(settings)
+    store = CheckpointStore(storage, spec.checkpoint.uri)
+    store.claim(job.metadata.name, job.metadata.uid, attempt)
+    progress_location = store.run.join(PROGRESS_PATH)
+
+    def write(state: str, **fields: Any) -> None:
+        store.check_fence(attempt)
+        previous = read_progress(storage, spec.checkpoint.uri)
+        base = previous.model_dump(by_alias=True) if previous and previous.attempt <= attempt else {}
+        base.update({"job": job.metadata.name, "attempt": attempt, "state": state, "updatedAt": now(), **fields})
+        base.setdefault("totalSteps", spec.total_steps)
+        storage.write_text(progress_location, Progress.model_validate(base).to_json())
+
+    write("preparing", reason=None, message="tokenizing and packing data")
+    try:
+        report = prepare(spec, storage, use_ray=True, parallelism=options.data_parallelism)
+    except (DataError, ModelSourceError) as exc:
+        reason = "DataError" if isinstance(exc, DataError) else "ModelSourceError"
+        write("failed", reason=reason, message=str(exc))
+        raise
+    if on_prepared:
+        on_prepared()
+    prepared = [
+        {"name": p.name, "role": p.role, "weight": p.weight, "uri": p.uri, "manifest": p.manifest}
+        for p in report.sources
+    ]
+    if storage_path is None:
+        storage_path = os.path.join(tempfile.gettempdir(), "cpt-ray-results")
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "spec": spec.model_dump_json(by_alias=True),
+            "prepared": prepared,
+            "attempt": attempt,
+            "job": job.metadata.name,
+            "uid": job.metadata.uid,
+            "cpu_threads": options.cpu_threads,
+            "env": options.worker_env,
+        },
+        torch_config=TorchConfig(backend="nccl" if options.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=options.num_workers,
+            use_gpu=options.use_gpu,
+            resources_per_worker=options.resources_per_worker,
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"{run_name(job)}-a{attempt}",
+            storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=options.max_failures),
+        ),
+    )
+    try:
+        trainer.fit()
+    except Exception as exc:
+        final = read_progress(storage, spec.checkpoint.uri)
+        if final is None or final.state in ("running", "preparing"):
+            write("failed", reason="TrainingFailed", message=_root_cause(exc))
+        raise
+    return read_progress(storage, spec.checkpoint.uri)
+
+
+def _root_cause(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    tail = [line for line in text if line.strip()][-3:]
+    return " ".join(tail)[:2000] if tail else type(exc).__name__
+
+
+def dump_progress(progress: Progress | None) -> str:
+    return json.dumps(progress.model_dump(by_alias=True, exclude_none=True) if progress else {}, indent=2)
