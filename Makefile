@@ -58,8 +58,8 @@ $(HELM):
 setup: $(STAMP) $(HELM) ## Create the virtualenv and install everything (torch, DeepSpeed, Ray, helm, ...)
 
 .PHONY: run
-run: setup ## Set up, then run the main job (for now: validate the examples; the trainer replaces this)
-	$(BIN)/cpt validate examples/*.yaml
+run: setup ## Set up, then run the main job: CPT of SmolLM2-135M-Instruct on local Ray (a few minutes)
+	$(BIN)/cpt run $(RUN_EXAMPLE)
 
 .PHONY: test
 test: setup ## Set up, then run the test suite (unit + integration; e2e skips without a cluster)
@@ -87,6 +87,7 @@ crd: setup ## Regenerate the CRD (manifests/ and the Helm chart) from the API mo
 .PHONY: docs
 docs: setup ## Regenerate docs/api.md from the API models
 	$(BIN)/cpt api-docs > docs/api.md
+	$(BIN)/cpt api-docs --progress > docs/progress.md
 
 .PHONY: generate
 generate: crd docs ## Regenerate everything derived from the API models

@@ -182,11 +182,12 @@ def crd() -> None:
 
 
 @main.command("api-docs")
-def api_docs() -> None:
+@click.option("--progress", is_flag=True, help="Document the progress file (docs/progress.md) instead.")
+def api_docs(progress: bool) -> None:
     """Print the API reference (docs/api.md) generated from the API models."""
-    from .api.docs import api_reference
+    from .api.docs import api_reference, progress_reference
 
-    click.echo(api_reference(), nl=False)
+    click.echo(progress_reference() if progress else api_reference(), nl=False)
 
 
 if __name__ == "__main__":

@@ -262,3 +262,61 @@ def test_progress_accounting(tmp_path: Path) -> None:
     assert sum(consumed.values()) == progress.tokens == 4 * 512
     assert consumed["veloria"] == pytest.approx(0.9 * progress.tokens, abs=128)
     assert np.isfinite(progress.baseline.domain_loss) and progress.evaluation.step == 4
+
+
+def test_lora_run_exports_merged_weights(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    spec = spec_for(
+        tmp_path / "run", training={"steps": 3, "lora": {"r": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"]}}
+    )
+    trainer = make_trainer(spec)
+    trainable = sum(p.numel() for p in trainer.engine.module.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trainer.engine.module.parameters())
+    assert 0 < trainable < total / 10  # only the adapters train
+    assert trainer.fit().state == "succeeded"
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    assert not any("lora" in name for name, _ in exported.named_parameters())
+    ids = torch.tensor([[4, 8, 15, 16, 23, 42]])
+    with torch.no_grad():
+        assert torch.allclose(trainer.engine.module(input_ids=ids).logits, exported(input_ids=ids).logits, atol=1e-5)
+
+
+def test_model_from_s3_is_downloaded_once_and_trains(
+    tmp_path: Path, s3_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CPT_CACHE_DIR", str(tmp_path / "node-cache"))
+    storage = Storage(S3Settings.from_spec(None))
+    model_uri = f"s3://{s3_env.bucket}/models/tiny-llama/"
+    storage.upload_dir(tiny_job().spec.model.source, model_uri)
+    spec = spec_for(
+        tmp_path / "run", model={"source": model_uri}, training={"steps": 2}, storage={"endpoint": s3_env.endpoint}
+    )
+    prepared = prepare(spec.resolved(), storage).sources
+    trainer = Trainer(spec, prepared, S3Settings.from_spec(spec.storage), RunContext(job="s3-model"))
+    trainer.setup()
+    assert trainer.fit().state == "succeeded"
+    cached = list((tmp_path / "node-cache" / "models").iterdir())
+    assert (
+        len([p for p in cached if p.is_dir()]) == 1 and (next(p for p in cached if p.is_dir()) / "config.json").exists()
+    )
+
+
+def test_missing_model_source_is_a_clear_error(tmp_path: Path) -> None:
+    spec = spec_for(tmp_path / "run", model={"source": str(tmp_path / "nowhere")})
+    with pytest.raises(ModelSourceError, match=r"spec\.model\.source: .*nowhere does not exist"):
+        make_trainer(spec)
+
+
+def test_rope_scaling_is_applied_before_weights_load(tmp_path: Path) -> None:
+    from cpt_trainer.model import load_config
+    from cpt_trainer.sources import resolve
+
+    spec = spec_for(
+        tmp_path / "run", model={"ropeScaling": {"type": "yarn", "factor": 4, "originalMaxPositionEmbeddings": 1024}}
+    )
+    config = load_config(spec.model, resolve(spec.model.source), max_length=4096)
+    assert config.rope_parameters["rope_type"] == "yarn" and config.rope_parameters["factor"] == 4
+    assert config.max_position_embeddings == 4096
+    with pytest.raises(ModelSourceError, match="exceeds the model's max_position_embeddings"):
+        load_config(spec.model, resolve(spec.model.source), max_length=8192)

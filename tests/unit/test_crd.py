@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 from cpt_operator.api.crd import crd, crd_yaml, openapi_schema
-from cpt_operator.api.docs import api_reference
+from cpt_operator.api.docs import api_reference, progress_reference
 from cpt_operator.api.validation import cel_violations
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +34,7 @@ def test_cpt_crd_prints_the_committed_file() -> None:
 
 def test_committed_api_reference_matches_the_models() -> None:
     assert (ROOT / "docs" / "api.md").read_text() == api_reference(), "docs/api.md is stale: run `make docs`"
+    assert (ROOT / "docs" / "progress.md").read_text() == progress_reference(), "docs/progress.md: run `make docs`"
 
 
 def test_api_reference_documents_every_field() -> None:

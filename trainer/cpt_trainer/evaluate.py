@@ -22,7 +22,7 @@ from cpt_operator.storage import Storage
 
 from .data import PreparedSource, holdout_batches
 
-MAX_PROBES = 32
+MAX_PROBES = 24
 MAX_NEW_TOKENS = 24
 
 

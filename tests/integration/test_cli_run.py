@@ -1,0 +1,57 @@
+"""`cpt run` as a user runs it: the CI smoke job (examples/local-tiny.yaml on an embedded Ray)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def test_cpt_run_trains_reports_and_resumes(tmp_path: Path) -> None:
+    doc = yaml.safe_load((ROOT / "examples" / "local-tiny.yaml").read_text())
+    examples = ROOT / "examples"
+    doc["spec"]["model"]["source"] = str(examples / "models" / "tiny-llama")
+    for source in doc["spec"]["data"]["sources"]:
+        source["uris"] = [str(examples / u) + ("/" if u.endswith("/") else "") for u in source["uris"]]
+    doc["spec"]["checkpoint"]["uri"] = "run/"  # relative: resolved against the file's directory
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(doc))
+
+    first = subprocess.run([sys.executable, "-m", "cpt_operator.cli", "run", str(job)], capture_output=True,
+                           text=True, timeout=600, cwd="/")  # fmt: skip
+    output = first.stdout + first.stderr
+    assert first.returncode == 0, output[-3000:]
+    assert "domain holdout loss" in output and "general holdout loss" in output
+    assert "attempt 1" in output
+    run = tmp_path / "run"
+    assert (run / "final" / "model.safetensors").exists()
+    assert (run / "report" / "loss.png").exists() and (run / "report" / "metrics.jsonl").exists()
+    summary = json.loads((run / "report" / "summary.json").read_text())
+    assert summary["domainLossAfter"] < summary["domainLossBefore"]
+    progress = json.loads((run / "_status" / "progress.json").read_text())
+    assert progress["state"] == "succeeded" and progress["step"] == 30
+
+    again = subprocess.run([sys.executable, "-m", "cpt_operator.cli", "run", str(job)], capture_output=True,
+                           text=True, timeout=600, cwd="/")  # fmt: skip
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert "attempt 2" in again.stdout + again.stderr
+    assert "resuming from" in again.stdout + again.stderr
+
+
+def test_cpt_run_with_a_bad_file_fails_cleanly(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "examples" / "local-tiny.yaml").read_text().replace("steps: 30", "steps: 0"))
+    result = subprocess.run([sys.executable, "-m", "cpt_operator.cli", "run", str(bad)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert f"{bad}: spec.training.steps: must be > 0 (got 0)" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    missing = subprocess.run([sys.executable, "-m", "cpt_operator.cli", "run", str(tmp_path / "nope.yaml")],
+                             capture_output=True, text=True)  # fmt: skip
+    assert missing.returncode == 2

@@ -1,0 +1,41 @@
+"""DeepSpeed config generation and batch geometry (pure)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from cpt_trainer.engine import GeometryError, batch_geometry, deepspeed_config
+
+from tests.support.jobs import tiny_job
+
+
+def test_geometry_derives_gradient_accumulation() -> None:
+    spec = tiny_job(spec={"training": {"globalBatchTokens": 128 * 16, "microBatchSize": 2}}).spec
+    assert batch_geometry(spec, world=1) == (16, 8)
+    assert batch_geometry(spec, world=4) == (16, 2)
+    with pytest.raises(GeometryError, match="does not divide over 3 training processes"):
+        batch_geometry(spec, world=3)
+
+
+def test_config_from_spec_with_overrides_merged_last() -> None:
+    spec = tiny_job(
+        spec={
+            "training": {"globalBatchTokens": 1024, "microBatchSize": 4, "gradClip": 0.5, "weightDecay": 0.01},
+            "deepspeed": {"zeroStage": 3, "config": {"zero_optimization": {"stage3_prefetch_bucket_size": 123}}},
+        }
+    ).spec
+    config = deepspeed_config(spec, world=2, dtype=torch.bfloat16)
+    assert config["train_batch_size"] == 8 and config["gradient_accumulation_steps"] == 1
+    assert config["gradient_clipping"] == 0.5 and config["bf16"]["enabled"] and not config["fp16"]["enabled"]
+    assert config["zero_optimization"]["stage"] == 3
+    assert config["zero_optimization"]["stage3_prefetch_bucket_size"] == 123  # override merged, siblings kept
+    assert config["optimizer"]["params"]["weight_decay"] == 0.01
+    assert config["optimizer"]["params"]["lr"] == spec.learning_rate
+    assert config["optimizer"]["params"]["torch_adam"] is True  # no JIT-compiled op
+
+
+def test_cpu_offload_uses_deepspeed_cpu_adam() -> None:
+    spec = tiny_job(spec={"deepspeed": {"offloadOptimizer": "cpu"}}).spec
+    config = deepspeed_config(spec, world=1, dtype=torch.float32)
+    assert config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert "torch_adam" not in config["optimizer"]["params"]
