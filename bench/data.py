@@ -77,8 +77,9 @@ def bench_datasets(tokenizer: Any, corpus: Path, seq_len: int, cache: Path) -> t
 
     datasets.disable_progress_bars()
     started = time.perf_counter()
-    ds = datasets.load_dataset("json", data_files=sorted(str(p) for p in corpus.glob("*.jsonl")), split="train",
-                               cache_dir=str(cache))  # fmt: skip
+    ds = datasets.load_dataset(
+        "json", data_files=sorted(str(p) for p in corpus.glob("*.jsonl")), split="train", cache_dir=str(cache)
+    )
     eos = tokenizer.eos_token_id
 
     def tokenize(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:

@@ -28,8 +28,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-for key, value in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-                   "RAY_USAGE_STATS_ENABLED": "0"}.items():  # fmt: skip
+for key, value in {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "HF_HUB_OFFLINE": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}.items():
     os.environ.setdefault(key, value)
 
 import torch
@@ -58,8 +62,13 @@ def model_dir(work: Path, size: str) -> Path:
     for f in src.iterdir():
         (out / f.name).write_bytes(f.read_bytes())
     config = json.loads((src / "config.json").read_text())
-    config.update(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
-                  num_key_value_heads=heads)  # fmt: skip
+    config.update(
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+    )
     (out / "config.json").write_text(json.dumps(config))
     return out
 
@@ -70,13 +79,17 @@ def spec_for(work: Path, size: str, steps: int, run: str, **extra: Any) -> CPTJo
         spec={
             "model": {"source": str(model_dir(work, size))},
             "data": {"sequenceLength": seq, "cacheUri": str(work / "cache") + "/"},
-            "training": {"steps": steps, "globalBatchTokens": seq * mbs * 2, "microBatchSize": mbs,
-                         "gradientCheckpointing": False},
+            "training": {
+                "steps": steps,
+                "globalBatchTokens": seq * mbs * 2,
+                "microBatchSize": mbs,
+                "gradientCheckpointing": False,
+            },
             "checkpoint": {"uri": run, "intervalSteps": 10**6, "export": {"enabled": False}},
             "evaluation": {"intervalSteps": 10**6, "maxBatches": 1},
             **extra,
         }
-    )  # fmt: skip
+    )
     return CPTJobSpec.model_validate(doc["spec"])
 
 
@@ -121,8 +134,13 @@ def bench_step_time(work: Path, size: str, steps: int = 40, warmup: int = 5) -> 
         bare_step(step)
     bare = steps / (time.perf_counter() - t0)
     params = sum(p.numel() for p in model.parameters())
-    return {"params": params, "ours_steps_per_s": ours, "bare_steps_per_s": bare, "ratio": ours / bare,
-            "micro_batches_per_step": accumulation}  # fmt: skip
+    return {
+        "params": params,
+        "ours_steps_per_s": ours,
+        "bare_steps_per_s": bare,
+        "ratio": ours / bare,
+        "micro_batches_per_step": accumulation,
+    }
 
 
 def bench_ray(work: Path) -> dict[str, Any]:
@@ -131,18 +149,25 @@ def bench_ray(work: Path) -> dict[str, Any]:
     from cpt_trainer.local_ray import local_ray
 
     steps = 40
-    doc = tiny_job_doc(metadata={"name": "bench-ray"}, spec={
-        "data": {"cacheUri": str(work / "cache") + "/"},
-        "training": {"steps": steps, "globalBatchTokens": 1024, "microBatchSize": 4},
-        "checkpoint": {"uri": str(work / "run-ray") + "/", "intervalSteps": 10**6, "export": {"enabled": False}},
-        "evaluation": {"intervalSteps": 10**6, "maxBatches": 1},
-    })  # fmt: skip
+    doc = tiny_job_doc(
+        metadata={"name": "bench-ray"},
+        spec={
+            "data": {"cacheUri": str(work / "cache") + "/"},
+            "training": {"steps": steps, "globalBatchTokens": 1024, "microBatchSize": 4},
+            "checkpoint": {"uri": str(work / "run-ray") + "/", "intervalSteps": 10**6, "export": {"enabled": False}},
+            "evaluation": {"intervalSteps": 10**6, "maxBatches": 1},
+        },
+    )
     job = parse_job(doc)
     prepare(job.spec.resolved(), Storage())  # warm the data cache: measure training, not tokenization
     with local_ray(num_cpus=2):
         t0 = time.perf_counter()
-        run_job(job, LaunchOptions(2, False, {"CPU": 0.75}, 0, cpu_threads=1), attempt=1,
-                storage_path=str(work / "ray-results"))  # fmt: skip
+        run_job(
+            job,
+            LaunchOptions(2, False, {"CPU": 0.75}, 0, cpu_threads=1),
+            attempt=1,
+            storage_path=str(work / "ray-results"),
+        )
         total = time.perf_counter() - t0
     metrics = [json.loads(line) for line in (work / "run-ray" / "report" / "metrics.jsonl").read_text().splitlines()]
     step_seconds = [1024 / m["tokensPerSecond"] for m in metrics if m["kind"] == "train"][5:]
@@ -151,12 +176,20 @@ def bench_ray(work: Path) -> dict[str, Any]:
     # The same 2-rank job without Ray is not possible in one process; compare against the one-process
     # Trainer on the same per-rank work (2 micro-batches of 4 rows per rank per step).
     spec = CPTJobSpec.model_validate(
-        {**doc["spec"], "training": {**doc["spec"]["training"], "globalBatchTokens": 512},
-         "checkpoint": {**doc["spec"]["checkpoint"], "uri": str(work / "run-noray") + "/"}}
-    )  # fmt: skip
+        {
+            **doc["spec"],
+            "training": {**doc["spec"]["training"], "globalBatchTokens": 512},
+            "checkpoint": {**doc["spec"]["checkpoint"], "uri": str(work / "run-noray") + "/"},
+        }
+    )
     stamps: dict[int, float] = {}
-    trainer = Trainer(spec, prepare(spec.resolved(), Storage()).sources, S3Settings(), RunContext(job="bench-noray"),
-                      on_step=lambda t: stamps.__setitem__(t.step, time.perf_counter()))  # fmt: skip
+    trainer = Trainer(
+        spec,
+        prepare(spec.resolved(), Storage()).sources,
+        S3Settings(),
+        RunContext(job="bench-noray"),
+        on_step=lambda t: stamps.__setitem__(t.step, time.perf_counter()),
+    )
     trainer.setup()
     trainer.fit()
     local_step = (stamps[steps] - stamps[5]) / (steps - 5)

@@ -174,6 +174,71 @@ def logging_level() -> int:
 
 
 @main.command()
+@click.option("-n", "--namespace", "namespaces", multiple=True, help="Watch only these namespaces (repeatable).")
+@click.option("-A", "--all-namespaces", is_flag=True, help="Watch all namespaces (the default without -n).")
+@click.option("--trainer-image", default=None, help="Default image of the Ray pods [CPT_OPERATOR_TRAINER_IMAGE].")
+@click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port, 0 to disable [8080].")
+@click.option("--health-port", type=int, default=None, help="Liveness /healthz port, 0 to disable [8081].")
+@click.option("--poll-seconds", type=float, default=None, help="Progress/RayJob polling interval [10].")
+def operator(
+    namespaces: tuple[str, ...],
+    all_namespaces: bool,
+    trainer_image: str | None,
+    metrics_port: int | None,
+    health_port: int | None,
+    poll_seconds: float | None,
+) -> None:
+    """Run the operator: reconcile CPTJobs into KubeRay RayJobs.
+
+    Every option also reads CPT_OPERATOR_<NAME> from the environment (flags win).
+    """
+    from .controller.app import main as run_operator
+    from .controller.settings import OperatorSettings
+
+    setup_logging()
+    if all_namespaces and namespaces:
+        _fail("use either --namespace or --all-namespaces", 2)
+    settings = OperatorSettings.from_env(
+        namespaces=list(namespaces),
+        trainer_image=trainer_image,
+        metrics_port=metrics_port,
+        health_port=health_port,
+        poll_seconds=poll_seconds,
+    )
+    run_operator(settings)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--namespace", default=None, help="Namespace when the manifest has none [default].")
+@click.option("--trainer-image", default=None, help="Image of the Ray pods (as the operator would default it).")
+def render(file: Path, namespace: str | None, trainer_image: str | None) -> None:
+    """Print the ConfigMap and RayJob the operator would create for FILE (attempt 1).
+
+    Review them, or `kubectl apply` them without the operator.
+    """
+    from .api.validation import InvalidJob, UnreadableFile, load_job
+    from .controller.builders import build_configmap, build_rayjob, dump_yaml
+    from .controller.settings import OperatorSettings
+
+    try:
+        job = load_job(file)
+    except UnreadableFile as exc:
+        _fail(str(exc), 2)
+    except InvalidJob as exc:
+        for problem in exc.errors:
+            click.echo(f"{file}: {problem}", err=True)
+        sys.exit(1)
+    job.metadata.namespace = job.metadata.namespace or namespace or "default"
+    settings = OperatorSettings.from_env(trainer_image=trainer_image)
+    objects = [build_configmap(job), build_rayjob(job, 1, settings)]
+    if not job.metadata.uid:
+        for obj in objects:  # no owner without a uid: these are standalone objects
+            obj["metadata"].pop("ownerReferences", None)
+    click.echo(dump_yaml(*objects), nl=False)
+
+
+@main.command()
 def crd() -> None:
     """Print the CPTJob CustomResourceDefinition generated from the API models."""
     from .api.crd import crd_yaml

@@ -24,8 +24,13 @@ def test_cpt_run_trains_reports_and_resumes(tmp_path: Path) -> None:
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(doc))
 
-    first = subprocess.run([sys.executable, "-m", "cpt_operator.cli", "run", str(job)], capture_output=True,
-                           text=True, timeout=600, cwd="/")  # fmt: skip
+    first = subprocess.run(
+        [sys.executable, "-m", "cpt_operator.cli", "run", str(job)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd="/",
+    )
     output = first.stdout + first.stderr
     assert first.returncode == 0, output[-3000:]
     assert "domain holdout loss" in output and "general holdout loss" in output
@@ -38,8 +43,13 @@ def test_cpt_run_trains_reports_and_resumes(tmp_path: Path) -> None:
     progress = json.loads((run / "_status" / "progress.json").read_text())
     assert progress["state"] == "succeeded" and progress["step"] == 30
 
-    again = subprocess.run([sys.executable, "-m", "cpt_operator.cli", "run", str(job)], capture_output=True,
-                           text=True, timeout=600, cwd="/")  # fmt: skip
+    again = subprocess.run(
+        [sys.executable, "-m", "cpt_operator.cli", "run", str(job)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd="/",
+    )
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     assert "attempt 2" in again.stdout + again.stderr
     assert "resuming from" in again.stdout + again.stderr
@@ -52,6 +62,7 @@ def test_cpt_run_with_a_bad_file_fails_cleanly(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"{bad}: spec.training.steps: must be > 0 (got 0)" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
-    missing = subprocess.run([sys.executable, "-m", "cpt_operator.cli", "run", str(tmp_path / "nope.yaml")],
-                             capture_output=True, text=True)  # fmt: skip
+    missing = subprocess.run(
+        [sys.executable, "-m", "cpt_operator.cli", "run", str(tmp_path / "nope.yaml")], capture_output=True, text=True
+    )
     assert missing.returncode == 2

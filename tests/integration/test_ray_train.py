@@ -64,8 +64,9 @@ def job_on_s3(s3: SeaweedS3, name: str, **spec: Any) -> CPTJob:
 
 
 def options(max_failures: int = 0) -> LaunchOptions:
-    return LaunchOptions(num_workers=2, use_gpu=False, resources_per_worker={"CPU": 0.5}, max_failures=max_failures,
-                         cpu_threads=1)  # fmt: skip
+    return LaunchOptions(
+        num_workers=2, use_gpu=False, resources_per_worker={"CPU": 0.5}, max_failures=max_failures, cpu_threads=1
+    )
 
 
 def final_losses(storage: Storage, job: CPTJob) -> dict[int, float]:

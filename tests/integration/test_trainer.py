@@ -155,14 +155,16 @@ def test_forgetting_stop_checkpoints_and_ends_stopped(tmp_path: Path) -> None:
     spec = spec_for(
         tmp_path / "cpt",
         model={"source": str(tmp_path / "pre" / "final"), "init": "pretrained"},
-        data={"sources": [
-            {**tiny_job().spec.data.sources[0].wire(), "weight": 1},
-            {**tiny_job().spec.data.sources[1].wire(), "weight": 0},
-        ]},
+        data={
+            "sources": [
+                {**tiny_job().spec.data.sources[0].wire(), "weight": 1},
+                {**tiny_job().spec.data.sources[1].wire(), "weight": 0},
+            ]
+        },
         training={"steps": 40, "learningRate": 1e-2, "schedule": {"warmupSteps": 0, "type": "constant"}},
         evaluation={"intervalSteps": 2, "forgetting": {"maxGeneralLossIncrease": 0.02, "action": "stop"}},
         checkpoint={"intervalSteps": 100},
-    )  # fmt: skip
+    )
     trainer = make_trainer(spec)
     outcome = trainer.fit()
     assert outcome.state == "stopped" and outcome.reason == "ForgettingDetected"

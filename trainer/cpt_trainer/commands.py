@@ -70,8 +70,9 @@ class ProgressWatcher:
             info.append(f"domain {_fmt(p.evaluation.domain_loss, 3)} general {_fmt(p.evaluation.general_loss, 3)}")
         if p.forgetting_detected:
             info.append("[red]forgetting![/red]")
-        self.bar.update(self.task, completed=p.step, total=p.total_steps or None, description=p.state,
-                        info="  ".join(info))  # fmt: skip
+        self.bar.update(
+            self.task, completed=p.step, total=p.total_steps or None, description=p.state, info="  ".join(info)
+        )
 
     def __enter__(self) -> ProgressWatcher:
         self.bar.start()
@@ -96,13 +97,25 @@ def print_summary(p: ProgressFile | None) -> None:
     table.add_column("after", justify="right")
     table.add_column("change", justify="right")
     if base and last:
-        table.add_row("domain holdout loss", _fmt(base.domain_loss), _fmt(last.domain_loss),
-                      _delta(base.domain_loss, last.domain_loss))  # fmt: skip
-        table.add_row("general holdout loss", _fmt(base.general_loss), _fmt(last.general_loss),
-                      _delta(base.general_loss, last.general_loss))  # fmt: skip
+        table.add_row(
+            "domain holdout loss",
+            _fmt(base.domain_loss),
+            _fmt(last.domain_loss),
+            _delta(base.domain_loss, last.domain_loss),
+        )
+        table.add_row(
+            "general holdout loss",
+            _fmt(base.general_loss),
+            _fmt(last.general_loss),
+            _delta(base.general_loss, last.general_loss),
+        )
     if p.probes_before and p.probes_after:
-        table.add_row("probe F1", _fmt(p.probes_before.f1, 3), _fmt(p.probes_after.f1, 3),
-                      f"{p.probes_after.f1 - p.probes_before.f1:+.3f}")  # fmt: skip
+        table.add_row(
+            "probe F1",
+            _fmt(p.probes_before.f1, 3),
+            _fmt(p.probes_after.f1, 3),
+            f"{p.probes_after.f1 - p.probes_before.f1:+.3f}",
+        )
         table.add_row(
             "probe exact match", _fmt(p.probes_before.exact_match, 3), _fmt(p.probes_after.exact_match, 3), ""
         )
@@ -156,16 +169,26 @@ def run_local(job: CPTJob, cpus: int | None = None) -> int:
 
 
 def train_in_cluster(job: CPTJob, attempt: int, max_worker_failures: int) -> int:
-    """`cpt train`: the RayJob entrypoint. Connects to the RayJob's cluster; no embedded Ray."""
+    """`cpt train`: the RayJob entrypoint. Connects to the RayJob's Ray cluster.
+
+    In a RayJob, Ray's job agent sets RAY_ADDRESS. Without it (a stand-in for KubeRay, a laptop)
+    an embedded loopback Ray is started, as `cpt run` does.
+    """
+    import contextlib
+
     import ray
 
-    from .local_ray import worker_env
+    from .local_ray import local_ray, worker_env
 
     spec = job.spec.resolved()
-    ray.init(runtime_env={"env_vars": worker_env()}, logging_level=logging.WARNING)
     started = time.monotonic()
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": worker_env()}, logging_level=logging.WARNING)
+    connection = contextlib.nullcontext() if address else local_ray()
     try:
-        final = run_job(job, cluster_options(spec, max_worker_failures), attempt, storage_path=_ray_storage(spec))
+        with connection:
+            final = run_job(job, cluster_options(spec, max_worker_failures), attempt, storage_path=_ray_storage(spec))
     except Exception as exc:
         print(f"cpt train: attempt {attempt} failed: {exc}", file=sys.stderr)
         return 1

@@ -59,9 +59,13 @@ def local_options(spec: CPTJobSpec, cpus: int) -> LaunchOptions:
     # Fractional CPUs: with whole CPUs per worker, Ray Data's readers would starve on small machines.
     per_worker = max(0.1, min(1.0, (cpus - 0.5) / n))
     return LaunchOptions(
-        n, False, {"CPU": round(per_worker, 2)}, spec.run_policy.max_restarts, data_parallelism=cpus,
+        n,
+        False,
+        {"CPU": round(per_worker, 2)},
+        spec.run_policy.max_restarts,
+        data_parallelism=cpus,
         cpu_threads=max(1, cpus // n),
-    )  # fmt: skip
+    )
 
 
 def cluster_options(spec: CPTJobSpec, max_failures: int) -> LaunchOptions:

@@ -123,9 +123,14 @@ class Trainer:
         dtype = training_dtype(spec.model, device)
         # Init-from and resume are separate paths: a resumed run reads no starting weights.
         model, _ = build_model(
-            spec.model, spec.training, self.storage, dtype, spec.data.sequence_length,
-            load_weights=resume is None, seed=spec.training.seed,
-        )  # fmt: skip
+            spec.model,
+            spec.training,
+            self.storage,
+            dtype,
+            spec.data.sequence_length,
+            load_weights=resume is None,
+            seed=spec.training.seed,
+        )
         tokenizer_source = spec.model.tokenizer or spec.model.source
         self.tokenizer = load_tokenizer(tokenizer_source, self.storage)
         check_tokenizer_matches(model, self.tokenizer)
@@ -140,9 +145,14 @@ class Trainer:
             self.load_state_dict(resume.state, rank_state)
             self.committed = resume
         self.loader = RankLoader(
-            self.prepared, self.sampler, self.storage, global_batch_rows=self.rows,
-            micro_batch_size=spec.training.micro_batch_size, rank=ctx.rank, world=ctx.world,
-        )  # fmt: skip
+            self.prepared,
+            self.sampler,
+            self.storage,
+            global_batch_rows=self.rows,
+            micro_batch_size=spec.training.micro_batch_size,
+            rank=ctx.rank,
+            world=ctx.world,
+        )
         self.probes = load_probes(self.storage, spec.evaluation.probes) if spec.evaluation.probes else []
 
     # -- state ----------------------------------------------------------------------------
@@ -260,8 +270,12 @@ class Trainer:
             return
         pending = self.store.save(self.engine, self.step, self.rank_state())
         self.pending_state = self.state_dict()
-        log.info("rank %d: checkpoint step %d saved locally in %.2fs (training stall)", self.ctx.rank, self.step,
-                 pending.save_seconds)  # fmt: skip
+        log.info(
+            "rank %d: checkpoint step %d saved locally in %.2fs (training stall)",
+            self.ctx.rank,
+            self.step,
+            pending.save_seconds,
+        )
 
     def poll_commit(self) -> None:
         """Commit the pending checkpoint once every rank finished its upload (one all-reduce)."""
@@ -282,9 +296,12 @@ class Trainer:
                 )
                 log.info(
                     "checkpoint step %d committed: %.1f MB uploaded in %.2fs (%.1f MB/s), stall %.2fs",
-                    upload.step, upload.bytes / 1e6, upload.seconds, upload.bytes / 1e6 / max(upload.seconds, 1e-9),
+                    upload.step,
+                    upload.bytes / 1e6,
+                    upload.seconds,
+                    upload.bytes / 1e6 / max(upload.seconds, 1e-9),
                     upload.save_seconds,
-                )  # fmt: skip
+                )
             except FencedOut:
                 ok = False
         self.store.pending = None
@@ -300,9 +317,14 @@ class Trainer:
     def run_eval(self) -> EvalResult:
         spec = self.spec
         result = evaluate(
-            self.engine.module, self.prepared, self.storage, self.step, spec.training.micro_batch_size,
-            spec.evaluation.max_batches, self.ctx.device,
-        )  # fmt: skip
+            self.engine.module,
+            self.prepared,
+            self.storage,
+            self.step,
+            spec.training.micro_batch_size,
+            spec.evaluation.max_batches,
+            self.ctx.device,
+        )
         self.last_eval = result
         if self.baseline is None:
             self.baseline = result
@@ -311,8 +333,11 @@ class Trainer:
             if not self.forgetting:
                 log.warning(
                     "forgetting detected at step %d: general loss %.4f is %.1f %% above its baseline %.4f",
-                    self.step, result.general_loss, 100 * increase, self.baseline.general_loss,
-                )  # fmt: skip
+                    self.step,
+                    result.general_loss,
+                    100 * increase,
+                    self.baseline.general_loss,
+                )
             self.forgetting = True
         self.metrics.append({"kind": "eval", **result.model_dump(by_alias=True), "generalLossIncrease": increase})
         return result
@@ -401,9 +426,15 @@ class Trainer:
                 self.losses[self.step] = loss
                 tokens_per_second = self.rows * spec.data.sequence_length / max(elapsed, 1e-9)
                 self.metrics.append(
-                    {"kind": "train", "step": self.step, "loss": loss, "lr": lr, "tokensPerSecond": tokens_per_second,
-                     "time": now()}
-                )  # fmt: skip
+                    {
+                        "kind": "train",
+                        "step": self.step,
+                        "loss": loss,
+                        "lr": lr,
+                        "tokensPerSecond": tokens_per_second,
+                        "time": now(),
+                    }
+                )
                 self.poll_commit()
                 if self.step % spec.evaluation.interval_steps == 0 or self.step == self.total_steps:
                     self.run_eval()

@@ -731,7 +731,7 @@ class CPTJobStatus(_Model):
     """Attempts started after a failure."""
     ray_job_name: str | None = None
     """The RayJob of the current attempt."""
-    dashboard_url: str | None = None
+    dashboard_url: str | None = Field(default=None, alias="dashboardURL")
     """Ray dashboard of the current attempt."""
     start_time: str | None = None
     """When the first attempt started."""
@@ -749,6 +749,10 @@ class CPTJobStatus(_Model):
     """The exported model and report."""
     warnings: list[str] = Field(default_factory=list)
     """Recommended-practice deviations found at validation (never a rejection)."""
+    preflight_failures: int = 0
+    """Consecutive failed storage preflights (drives the retry backoff)."""
+    next_preflight_time: str | None = None
+    """When the next preflight is due after a failure (RFC 3339)."""
 
 
 class ObjectMeta(BaseModel):

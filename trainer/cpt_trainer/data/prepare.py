@@ -254,8 +254,12 @@ def prepare_source(
     if malformed:
         log.warning(
             "source '%s': skipped %d malformed records, e.g. %s line %d: %s",
-            source.name, len(malformed), malformed[0].file, malformed[0].line, malformed[0].reason,
-        )  # fmt: skip
+            source.name,
+            len(malformed),
+            malformed[0].file,
+            malformed[0].line,
+            malformed[0].reason,
+        )
     holdout_masks = _select_holdout(tokenized, holdout, spec.training.seed, source.name)
 
     vocab = len(tokenizer)
@@ -320,13 +324,22 @@ def prepare_source(
         storage.write_text(manifest_location, json.dumps(manifest, indent=2))
     seconds = time.monotonic() - started
     log.info(
-        "source '%s': %d documents -> %d rows (%d holdout) in %.1fs", source.name, documents, train.writer.rows,
-        held.writer.rows, seconds,
-    )  # fmt: skip
+        "source '%s': %d documents -> %d rows (%d holdout) in %.1fs",
+        source.name,
+        documents,
+        train.writer.rows,
+        held.writer.rows,
+        seconds,
+    )
     return PreparedSource(
-        source.name, source.role.value, source.weight, str(base), manifest,
-        tokenized_documents=documents, seconds=seconds,
-    )  # fmt: skip
+        source.name,
+        source.role.value,
+        source.weight,
+        str(base),
+        manifest,
+        tokenized_documents=documents,
+        seconds=seconds,
+    )
 
 
 def prepare(

@@ -1,0 +1,173 @@
+"""kopf handlers: observe, call the pure `state.reconcile`, carry out its actions. Nothing else.
+
+Every CPTJob is reconciled on create/resume/update and by a timer every `poll_seconds`: the
+timer reads the current attempt's RayJob and the trainer's progress file (fenced to the
+current attempt), and runs the storage preflight when an attempt is due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import kopf
+
+from ..api import v1alpha1 as api
+from ..api.progress import PROGRESS_PATH, Progress
+from ..api.validation import validate
+from ..storage import NotFound, S3Settings, Storage, StorageError, parse_uri
+from .builders import build_configmap, build_rayjob
+from .kube import Kube
+from .metrics import Metrics
+from .preflight import check_storage
+from .settings import OperatorSettings
+from .state import CreateAttempt, DeleteRayJob, Observed, needs_preflight, preflight_backoff, reconcile
+
+log = logging.getLogger(__name__)
+
+
+def _status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch from `old` to `new` status: fields that disappeared are removed (null)."""
+    patch: dict[str, Any] = dict(new)
+    for key in old:
+        if key not in new and key != "kopf":
+            patch[key] = None
+    return patch
+
+
+def read_progress(storage: Storage, run_uri: str) -> Progress | None:
+    try:
+        return Progress.model_validate_json(storage.read_text(parse_uri(run_uri).as_prefix().join(PROGRESS_PATH)))
+    except NotFound:
+        return None
+
+
+async def reconcile_job(
+    body: kopf.Body, patch: kopf.Patch, kube: Kube, settings: OperatorSettings, metrics: Metrics
+) -> None:
+    started = time.monotonic()
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    now = dt.datetime.now(dt.UTC)
+    raw = json.loads(json.dumps(dict(body), default=dict))  # kopf's views -> plain JSON
+    document = {k: v for k, v in raw.items() if k in ("apiVersion", "kind", "metadata", "spec", "status")}
+    status_doc = dict(document.get("status") or {})
+    known = {field.alias or key for key, field in api.CPTJobStatus.model_fields.items()}
+    document["status"] = {k: v for k, v in status_doc.items() if k in known}
+    report = validate(document)
+    if report.job is None:
+        # The CRD schema admits it but the models do not (e.g. a semantic rule): fail once, visibly.
+        message = "; ".join(str(e) for e in report.errors)
+        if status_doc.get("phase") != api.Phase.Failed.value:
+            kopf.event(body, type="Warning", reason="InvalidSpec", message=message)
+            patch.status.update({"phase": api.Phase.Failed.value, "message": f"invalid spec: {message}"})
+            metrics.set_phase(namespace, name, api.Phase.Failed.value)
+        return
+    job = report.job
+    job.metadata.namespace = namespace
+    status = job.status or api.CPTJobStatus()
+    if status.phase in (api.Phase.Succeeded, api.Phase.Failed):
+        metrics.set_phase(namespace, name, status.phase.value)
+        return
+
+    spec = job.spec
+    secret_name = spec.storage.credentials_secret
+    secret = await kube.secret_data(namespace, secret_name) if secret_name else None
+    rayjob = await kube.get("ray.io", "v1", "rayjobs", namespace, status.ray_job_name) if status.ray_job_name else None
+
+    progress = None
+    if status.attempt > 0 and (secret is not None or not secret_name):
+        env = secret if secret_name else dict(os.environ)
+        storage = Storage(S3Settings.from_spec(spec.storage, {**(env or {}), "AWS_REGION": spec.storage.region}))
+        try:
+            progress = await asyncio.to_thread(read_progress, storage, spec.resolved().checkpoint.uri)
+        except (StorageError, ValueError) as exc:
+            log.warning("%s/%s: cannot read progress: %s", namespace, name, exc)
+        if progress is not None and progress.attempt != status.attempt:
+            progress = None  # fencing: another attempt's progress is never taken for this one's
+
+    preflight = None
+    if rayjob is None and needs_preflight(job, now):
+        preflight = await asyncio.to_thread(check_storage, job, secret)
+        if not preflight.ok:
+            metrics.preflight_failures.labels(reason=preflight.reason).inc()
+
+    decision = reconcile(job, Observed(rayjob, progress, preflight, now), warnings=[str(w) for w in report.warnings])
+    if preflight is not None and not preflight.ok:
+        delay = preflight_backoff(
+            decision.status.preflight_failures,
+            settings.preflight_backoff_seconds,
+            settings.preflight_backoff_max_seconds,
+        )
+        decision.status.next_preflight_time = (now + dt.timedelta(seconds=delay)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    for action in decision.actions:
+        if isinstance(action, CreateAttempt):
+            await kube.apply_configmap(build_configmap(job))
+            await kube.create(build_rayjob(job, action.attempt, settings))
+            metrics.rayjobs_created.inc()
+            if action.attempt > 1:
+                metrics.restarts.inc()
+        elif isinstance(action, DeleteRayJob):
+            await kube.delete("ray.io", "v1", "rayjobs", namespace, action.name)
+    for event in decision.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1000])
+
+    new_status = decision.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    changes = _status_patch(document["status"], new_status)
+    if changes != {k: v for k, v in document["status"].items() if k in changes}:
+        patch.status.update(changes)
+    metrics.set_phase(namespace, name, decision.status.phase.value if decision.status.phase else None)
+    metrics.reconcile_seconds.observe(time.monotonic() - started)
+
+
+def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, metrics: Metrics, login: Any = None) -> None:
+    """Register the operator's handlers on `registry`."""
+    resource = (api.GROUP, api.VERSION, api.PLURAL)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        # Handler bookkeeping goes to annotations: the CRD's status schema has no place for it.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="cpt.dev")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="cpt.dev", key="last-handled-configuration"
+        )
+        settings.posting.level = logging.WARNING  # our own events only, not kopf's handler chatter
+        settings.watching.server_timeout = 300
+        settings.execution.max_workers = 20
+
+    @kopf.on.login(registry=registry)
+    def authenticate(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
+        info = login or kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        if info is not None and memo.get("kube") is None:
+            memo["kube"] = Kube(info)
+        return info
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        if memo.get("kube") is not None:
+            await memo["kube"].close()
+
+    async def handle(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+        try:
+            await reconcile_job(body, patch, memo["kube"], settings, metrics)
+        except Exception:
+            metrics.reconcile_errors.inc()
+            raise
+
+    for decorator in (
+        kopf.on.create(*resource, registry=registry),
+        kopf.on.resume(*resource, registry=registry),
+        kopf.on.update(*resource, field="spec", registry=registry),
+        kopf.timer(*resource, interval=settings.poll_seconds, registry=registry),
+    ):
+        decorator(handle)
+
+    @kopf.on.event(*resource, registry=registry)
+    def forget_deleted(type: str, body: kopf.Body, **_: Any) -> None:
+        if type == "DELETED":
+            metrics.set_phase(body["metadata"]["namespace"], body["metadata"]["name"], None)

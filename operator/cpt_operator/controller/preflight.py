@@ -1,0 +1,98 @@
+"""Preflight: check storage before a single GPU is requested.
+
+1. the credentials Secret exists and has the keys the pods need;
+2. every bucket the job uses answers HeadBucket with those credentials;
+3. every data URI (and an s3:// model source) lists at least one object;
+4. the checkpoint prefix is writable (a probe object is written and deleted).
+
+Local paths (`file://` or plain) refer to the trainer image or a volume and cannot be checked
+from the operator; they are skipped. The checks run in a thread (boto3 is synchronous).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+
+from ..api.v1alpha1 import CPTJob
+from ..storage import AccessDenied, S3Settings, Storage, StorageError, parse_uri
+from .builders import CREDENTIAL_KEYS
+from .state import PreflightResult
+
+REQUIRED_KEYS = [key for key, optional in CREDENTIAL_KEYS if not optional]
+
+
+def check_secret(job: CPTJob, secret: Mapping[str, str] | None) -> PreflightResult | None:
+    """None when the Secret is fine (or none is referenced), else the failure (pure)."""
+    name = job.spec.storage.credentials_secret
+    if not name:
+        return None
+    ns = job.metadata.namespace
+    if secret is None:
+        return PreflightResult(
+            False,
+            "SecretNotFound",
+            f"Secret {ns}/{name} (spec.storage.credentialsSecret) not found; create it: kubectl -n {ns} create secret "
+            f"generic {name} --from-literal=AWS_ACCESS_KEY_ID=... --from-literal=AWS_SECRET_ACCESS_KEY=...",
+        )
+    missing = [key for key in REQUIRED_KEYS if not secret.get(key)]
+    if missing:
+        return PreflightResult(
+            False, "SecretNotFound", f"Secret {ns}/{name} lacks the key(s) {', '.join(missing)}; add them to the Secret"
+        )
+    return None
+
+
+def _failure(exc: StorageError, what: str) -> PreflightResult:
+    """AccessDenied for credential problems; BucketUnreachable for everything else (endpoint down, no bucket)."""
+    return PreflightResult(
+        False, "AccessDenied" if isinstance(exc, AccessDenied) else "BucketUnreachable", f"{what}: {exc}"
+    )
+
+
+def check_storage(job: CPTJob, secret: Mapping[str, str] | None, storage: Storage | None = None) -> PreflightResult:
+    """The full preflight for one job; `secret` is the decoded Secret data (None: not found)."""
+    failed = check_secret(job, secret)
+    if failed is not None:
+        return failed
+    spec = job.spec.resolved()
+    env = dict(secret or {})
+    storage = storage or Storage(S3Settings.from_spec(spec.storage, {**env, "AWS_REGION": spec.storage.region}))
+    s3_uris = [spec.checkpoint.uri, spec.cache_uri]
+    s3_uris += [uri for source in spec.data.sources for uri in source.uris]
+    if spec.model.source.startswith("s3://"):
+        s3_uris.append(spec.model.source)
+    buckets = sorted({parse_uri(uri).bucket for uri in s3_uris if uri.startswith("s3://")})
+    for bucket in buckets:
+        try:
+            storage.check_bucket(f"s3://{bucket}/")
+        except StorageError as exc:
+            return _failure(exc, f"bucket '{bucket}'")
+    for i, source in enumerate(spec.data.sources):
+        for j, uri in enumerate(source.uris):
+            if not uri.startswith("s3://"):
+                continue
+            try:
+                found = storage.list_objects(uri)
+            except StorageError as exc:
+                return _failure(exc, f"spec.data.sources[{i}].uris[{j}]")
+            if not found:
+                return PreflightResult(
+                    False,
+                    "DataNotFound",
+                    f"spec.data.sources[{i}].uris[{j}] {uri} lists no objects (source '{source.name}')",
+                )
+    if spec.model.source.startswith("s3://"):
+        try:
+            if not storage.list_objects(spec.model.source):
+                return PreflightResult(False, "DataNotFound", f"spec.model.source {spec.model.source} lists no objects")
+        except StorageError as exc:
+            return _failure(exc, "spec.model.source")
+    if spec.checkpoint.uri.startswith("s3://"):
+        probe = parse_uri(spec.checkpoint.uri).as_prefix().join(f"_status/preflight-{uuid.uuid4().hex[:8]}")
+        try:
+            storage.write_bytes(probe, b"preflight")
+            storage.delete(probe)
+        except StorageError as exc:
+            return _failure(exc, f"writing below spec.checkpoint.uri {spec.checkpoint.uri}")
+    return PreflightResult(True, "Ready", "storage checked")

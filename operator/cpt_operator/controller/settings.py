@@ -1,0 +1,55 @@
+"""Operator settings: flags of `cpt operator`, each with an environment variable (CPT_OPERATOR_*)."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, Field
+
+from .. import __version__
+
+ENV_PREFIX = "CPT_OPERATOR_"
+
+
+class OperatorSettings(BaseModel):
+    """Everything the operator needs besides the CPTJobs themselves."""
+
+    namespaces: list[str] = Field(default_factory=list)
+    """Namespaces to watch; empty means cluster-wide."""
+    trainer_image: str = f"ghcr.io/cpt-operator/cpt-trainer:{__version__}"
+    """Default image of the Ray head and workers (spec.cluster.image overrides it)."""
+    ray_version: str = "2.60.0"
+    """Ray version of the trainer image (KubeRay's rayVersion)."""
+    image_pull_policy: str = "IfNotPresent"
+    """Pull policy of the Ray pods."""
+    poll_seconds: float = 10.0
+    """How often each active job's RayJob and progress file are read."""
+    preflight_backoff_seconds: float = 10.0
+    """First retry delay after a failed preflight; doubles up to preflight_backoff_max_seconds."""
+    preflight_backoff_max_seconds: float = 300.0
+    """Longest delay between preflight retries."""
+    metrics_port: int = 8080
+    """Port of the Prometheus /metrics endpoint (0 disables it)."""
+    health_port: int = 8081
+    """Port of the liveness endpoint /healthz (0 disables it)."""
+    head_cpu: str = "2"
+    """Default CPU of the Ray head (spec.cluster.headResources overrides it)."""
+    head_memory: str = "8Gi"
+    """Default memory of the Ray head."""
+    max_worker_failures: int = 1
+    """Ray Train restarts of lost workers inside one attempt, before the attempt fails."""
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> OperatorSettings:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, object] = {}
+        for name, field in cls.model_fields.items():
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is None:
+                continue
+            if field.annotation == list[str]:
+                values[name] = [v.strip() for v in raw.split(",") if v.strip()]
+            else:
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None and v != []})
+        return cls.model_validate(values)

@@ -1,0 +1,263 @@
+"""The real operator (kopf) against KMock's Kubernetes emulator (made faithful) and SeaweedFS S3.
+
+The RayJob status is driven by the test here (KubeRay does not run); test_operator_e2e.py
+runs real training behind a KubeRay stand-in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import kopf
+import pytest
+from cpt_operator.api.progress import CheckpointRef, EvalResult, Progress
+from cpt_operator.controller.app import OperatorThread
+from cpt_operator.controller.settings import OperatorSettings
+
+from tests.support.k8s_emulator import CONFIGMAPS, CPTJOBS, EVENTS, RAYJOBS, EmulatorThread
+from tests.support.operator_env import cluster_job, create_secret, start_cluster, upload_example_data, wait_for
+from tests.support.seaweed import SeaweedS3
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[EmulatorThread]:
+    emulator = start_cluster()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: EmulatorThread, s3: SeaweedS3) -> Iterator[OperatorThread]:
+    upload_example_data(s3)
+    settings = OperatorSettings(
+        poll_seconds=0.5,
+        metrics_port=0,
+        health_port=0,
+        preflight_backoff_seconds=0.5,
+        preflight_backoff_max_seconds=2,
+        trainer_image="cpt-trainer:test",
+    )
+    thread = OperatorThread(settings, login=kopf.ConnectionInfo(server=cluster.url)).start()
+    yield thread
+    thread.stop()
+    assert thread.error is None, thread.error
+
+
+def status(cluster: EmulatorThread, name: str, ns: str = "ml") -> dict[str, Any]:
+    obj = cluster.get(CPTJOBS, ns, name)
+    return (obj or {}).get("status") or {}
+
+
+def phase_is(cluster: EmulatorThread, name: str, phase: str) -> Any:
+    return lambda: status(cluster, name).get("phase") == phase and status(cluster, name)
+
+
+def events_for(cluster: EmulatorThread, name: str) -> list[tuple[str, str]]:
+    return [(e["type"], e["reason"]) for e in cluster.list(EVENTS, "ml") if e["involvedObject"]["name"] == name]
+
+
+def write_progress(s3: SeaweedS3, name: str, progress: Progress) -> None:
+    s3.client().put_object(Bucket=s3.bucket, Key=f"runs/{name}/_status/progress.json", Body=progress.to_json().encode())
+
+
+def set_rayjob_status(cluster: EmulatorThread, name: str, deployment: str, job_status: str, **extra: Any) -> None:
+    cluster.patch(
+        RAYJOBS,
+        "ml",
+        name,
+        {"status": {"jobDeploymentStatus": deployment, "jobStatus": job_status, **extra}},
+        subresource="status",
+    )
+
+
+def test_create_starts_a_rayjob_and_mirrors_progress_to_success(
+    cluster: EmulatorThread, s3: SeaweedS3, operator: OperatorThread
+) -> None:
+    create_secret(cluster, s3)
+    cluster.create(CPTJOBS, cluster_job(s3, "happy"))
+    st = wait_for(phase_is(cluster, "happy", "Preparing"), what="Preparing")
+    assert st["attempt"] == 1 and st["rayJobName"] == "happy-a1"
+    rayjob = cluster.get(RAYJOBS, "ml", "happy-a1")
+    assert rayjob is not None
+    assert rayjob["spec"]["entrypoint"].startswith("cpt train /etc/cpt/job.yaml --attempt 1 --uid ")
+    assert rayjob["metadata"]["ownerReferences"][0]["uid"] == cluster.get(CPTJOBS, "ml", "happy")["metadata"]["uid"]
+    assert cluster.get(CONFIGMAPS, "ml", "happy-spec") is not None
+    conditions = {c["type"]: c for c in st["conditions"]}
+    assert conditions["StorageReady"]["status"] == "True" and conditions["Validated"]["status"] == "True"
+
+    set_rayjob_status(cluster, "happy-a1", "Running", "RUNNING", dashboardURL="http://head:8265")
+    write_progress(
+        s3,
+        "happy",
+        Progress(
+            job="happy",
+            attempt=1,
+            state="running",
+            step=12,
+            total_steps=30,
+            tokens=12288,
+            loss=3.5,
+            lr=1e-3,
+            baseline=EvalResult(step=0, domain_loss=7.6, general_loss=7.6),
+            evaluation=EvalResult(step=10, domain_loss=5.0, general_loss=7.3),
+            general_loss_increase=-0.04,
+            checkpoint=CheckpointRef(step=10, uri=f"s3://{s3.bucket}/runs/happy/step-00000010/", time="t", attempt=1),
+            updated_at="2026-11-27T12:00:00Z",
+        ),
+    )
+    st = wait_for(lambda: status(cluster, "happy").get("progress", {}).get("step") == 12 and status(cluster, "happy"))
+    assert st["phase"] == "Running" and st["dashboardURL"] == "http://head:8265"
+    assert st["evaluation"]["generalLossIncrease"] == -0.04 and st["checkpoint"]["step"] == 10
+
+    write_progress(
+        s3,
+        "happy",
+        Progress(
+            job="happy",
+            attempt=1,
+            state="succeeded",
+            step=30,
+            total_steps=30,
+            model_uri=f"s3://{s3.bucket}/runs/happy/final/",
+            updated_at="t",
+        ),
+    )
+    set_rayjob_status(cluster, "happy-a1", "Complete", "SUCCEEDED")
+    st = wait_for(phase_is(cluster, "happy", "Succeeded"), what="Succeeded")
+    assert st["output"]["modelUri"] == f"s3://{s3.bucket}/runs/happy/final/"
+    assert ("Normal", "Succeeded") in events_for(cluster, "happy")
+    assert operator.metrics.jobs.labels(phase="Succeeded")._value.get() >= 1
+
+
+def test_missing_secret_blocks_the_rayjob_until_it_exists(
+    cluster: EmulatorThread, s3: SeaweedS3, operator: OperatorThread
+) -> None:
+    cluster.create(CPTJOBS, cluster_job(s3, "nosecret", secret="later-secret"))
+    st = wait_for(
+        lambda: (
+            any(
+                c["type"] == "StorageReady" and c["reason"] == "SecretNotFound"
+                for c in status(cluster, "nosecret").get("conditions", [])
+            )
+            and status(cluster, "nosecret")
+        )
+    )
+    assert st["phase"] == "Pending" and "kubectl -n ml create secret generic later-secret" in st["message"]
+    assert cluster.get(RAYJOBS, "ml", "nosecret-a1") is None
+    assert ("Warning", "SecretNotFound") in events_for(cluster, "nosecret")
+    assert operator.metrics.preflight_failures.labels(reason="SecretNotFound")._value.get() >= 1
+    create_secret(cluster, s3, name="later-secret")
+    wait_for(lambda: cluster.get(RAYJOBS, "ml", "nosecret-a1"), what="RayJob after the Secret appeared")
+
+
+def test_wrong_credentials_and_missing_data_are_preflight_failures(
+    cluster: EmulatorThread, s3: SeaweedS3, operator: OperatorThread
+) -> None:
+    cluster.secret("ml", "wrong-keys", {"AWS_ACCESS_KEY_ID": "AKWRONG", "AWS_SECRET_ACCESS_KEY": "nope"})
+    cluster.create(CPTJOBS, cluster_job(s3, "wrongkeys", secret="wrong-keys"))
+    create_secret(cluster, s3)
+    missing = cluster_job(s3, "nodata")
+    missing["spec"]["data"]["sources"][0]["uris"] = [f"s3://{s3.bucket}/data/does-not-exist/"]
+    cluster.create(CPTJOBS, missing)
+
+    def reason(name: str) -> str | None:
+        return next(
+            (c["reason"] for c in status(cluster, name).get("conditions", []) if c["type"] == "StorageReady"), None
+        )
+
+    wait_for(lambda: reason("wrongkeys") == "AccessDenied", what="AccessDenied")
+    wait_for(lambda: reason("nodata") == "DataNotFound", what="DataNotFound")
+    assert "spec.data.sources[0].uris[0]" in status(cluster, "nodata")["message"]
+    assert cluster.get(RAYJOBS, "ml", "wrongkeys-a1") is None and cluster.get(RAYJOBS, "ml", "nodata-a1") is None
+
+
+def test_failed_attempt_restarts_from_the_checkpoint(
+    cluster: EmulatorThread, s3: SeaweedS3, operator: OperatorThread
+) -> None:
+    create_secret(cluster, s3)
+    cluster.create(CPTJOBS, cluster_job(s3, "flaky", runPolicy={"maxRestarts": 1}))
+    wait_for(lambda: cluster.get(RAYJOBS, "ml", "flaky-a1"))
+    write_progress(
+        s3,
+        "flaky",
+        Progress(
+            job="flaky",
+            attempt=1,
+            state="running",
+            step=10,
+            total_steps=30,
+            checkpoint=CheckpointRef(step=10, uri="s3://x/step-00000010/", time="t", attempt=1),
+            updated_at="t",
+        ),
+    )
+    set_rayjob_status(cluster, "flaky-a1", "Running", "RUNNING")
+    wait_for(phase_is(cluster, "flaky", "Running"))
+    set_rayjob_status(cluster, "flaky-a1", "Failed", "FAILED", reason="AppFailed", message="worker node lost")
+    st = wait_for(lambda: status(cluster, "flaky").get("attempt") == 2 and status(cluster, "flaky"), what="attempt 2")
+    assert st["restarts"] == 1 and st["rayJobName"] == "flaky-a2"
+    wait_for(lambda: cluster.get(RAYJOBS, "ml", "flaky-a1") is None, what="old RayJob deleted")
+    assert cluster.get(RAYJOBS, "ml", "flaky-a2")["spec"]["entrypoint"].startswith(
+        "cpt train /etc/cpt/job.yaml --attempt 2"
+    )
+    warnings = [r for t, r in events_for(cluster, "flaky") if t == "Warning"]
+    assert "AttemptFailed" in warnings
+    event = next(
+        e
+        for e in cluster.list(EVENTS, "ml")
+        if e["reason"] == "AttemptFailed" and e["involvedObject"]["name"] == "flaky"
+    )
+    assert "worker node lost" in event["message"] and "resumes from checkpoint step 10" in event["message"]
+    # Attempt 1's progress (step 10) is never shown as attempt 2's.
+    assert status(cluster, "flaky").get("progress", {}).get("step") in (None, 10)
+
+    set_rayjob_status(cluster, "flaky-a2", "Failed", "FAILED", reason="AppFailed", message="again")
+    st = wait_for(phase_is(cluster, "flaky", "Failed"), what="Failed after maxRestarts")
+    assert {c["type"]: c["reason"] for c in st["conditions"]}["Failed"] == "RestartLimitReached"
+
+
+def test_suspend_deletes_the_cluster_and_unsuspend_resumes(
+    cluster: EmulatorThread, s3: SeaweedS3, operator: OperatorThread
+) -> None:
+    create_secret(cluster, s3)
+    cluster.create(CPTJOBS, cluster_job(s3, "pausable"))
+    wait_for(lambda: cluster.get(RAYJOBS, "ml", "pausable-a1"))
+    cluster.patch(CPTJOBS, "ml", "pausable", {"spec": {"runPolicy": {"suspend": True}}})
+    wait_for(phase_is(cluster, "pausable", "Suspended"), what="Suspended")
+    wait_for(lambda: cluster.get(RAYJOBS, "ml", "pausable-a1") is None, what="RayJob deleted")
+    cluster.patch(CPTJOBS, "ml", "pausable", {"spec": {"runPolicy": {"suspend": False}}})
+    st = wait_for(lambda: status(cluster, "pausable").get("attempt") == 2 and status(cluster, "pausable"))
+    assert st["restarts"] == 0  # suspension is not a failure
+    assert cluster.get(RAYJOBS, "ml", "pausable-a2") is not None
+
+
+def test_delete_garbage_collects_children_and_keeps_s3_data(
+    cluster: EmulatorThread, s3: SeaweedS3, operator: OperatorThread
+) -> None:
+    create_secret(cluster, s3)
+    cluster.create(CPTJOBS, cluster_job(s3, "doomed"))
+    wait_for(lambda: cluster.get(RAYJOBS, "ml", "doomed-a1"))
+    write_progress(s3, "doomed", Progress(job="doomed", attempt=1, state="running", updated_at="t"))
+    cluster.delete(CPTJOBS, "ml", "doomed")
+    wait_for(
+        lambda: (
+            cluster.get(RAYJOBS, "ml", "doomed-a1") is None and cluster.get(CONFIGMAPS, "ml", "doomed-spec") is None
+        ),
+        what="children garbage-collected",
+    )
+    body = s3.client().get_object(Bucket=s3.bucket, Key="runs/doomed/_status/progress.json")["Body"].read()
+    assert json.loads(body)["job"] == "doomed"
+
+
+def test_running_fields_are_immutable_through_the_api(
+    cluster: EmulatorThread, s3: SeaweedS3, operator: OperatorThread
+) -> None:
+    import kmock
+
+    create_secret(cluster, s3)
+    cluster.create(CPTJOBS, cluster_job(s3, "frozen"))
+    with pytest.raises(kmock.KubernetesError) as info:
+        cluster.patch(CPTJOBS, "ml", "frozen", {"spec": {"model": {"source": "/elsewhere"}}})
+    assert info.value.status == 422 and "spec.model is immutable" in str(info.value.message)
+    cluster.patch(CPTJOBS, "ml", "frozen", {"spec": {"runPolicy": {"maxRestarts": 9}}})  # operational: allowed
