@@ -52,6 +52,8 @@ async def reconcile_job(
 ) -> None:
     started = time.monotonic()
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    if body["metadata"].get("deletionTimestamp"):
+        return  # being deleted: children go with it (garbage collection); never create new ones
     now = dt.datetime.now(dt.UTC)
     raw = json.loads(json.dumps(dict(body), default=dict))  # kopf's views -> plain JSON
     document = {k: v for k, v in raw.items() if k in ("apiVersion", "kind", "metadata", "spec", "status")}
