@@ -24,14 +24,14 @@ def tiny_job_doc(**overrides: Any) -> dict[str, Any]:
         source["uris"] = [
             str((ROOT / "examples" / u).resolve()) + ("/" if u.endswith("/") else "") for u in source["uris"]
         ]
-    _merge(doc, overrides)
+    merge(doc, overrides)
     return doc
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
+            merge(base[key], value)
         else:
             base[key] = copy.deepcopy(value)
 

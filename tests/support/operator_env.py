@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tests.support.jobs import ROOT, tiny_job_doc
+from tests.support.jobs import ROOT, merge, tiny_job_doc
 from tests.support.k8s_emulator import SECRETS, EmulatorThread, cluster_with_cpt_and_kuberay
 from tests.support.seaweed import SeaweedS3
 
@@ -81,9 +81,9 @@ def cluster_job(
             "checkpoint": {"uri": f"s3://{s3.bucket}/runs/{name}/"},
             "storage": {"endpoint": s3.endpoint, **({"credentialsSecret": secret} if secret else {})},
             "cluster": {"workers": 1, "gpusPerWorker": 0},
-            **spec,
         },
     )
+    merge(doc["spec"], spec)
     return copy.deepcopy(doc)
 
 

@@ -56,6 +56,13 @@ def check_storage(job: CPTJob, secret: Mapping[str, str] | None, storage: Storag
     if failed is not None:
         return failed
     spec = job.spec.resolved()
+    if not spec.checkpoint.uri.startswith("s3://"):
+        return PreflightResult(
+            False,
+            "CheckpointNotOnObjectStorage",
+            f"spec.checkpoint.uri {spec.checkpoint.uri} is a local path; on a cluster it must be s3:// (the operator "
+            "reads progress from it, and a pod's local disk dies with the pod). Local paths work with `cpt run`",
+        )
     env = dict(secret or {})
     storage = storage or Storage(S3Settings.from_spec(spec.storage, {**env, "AWS_REGION": spec.storage.region}))
     s3_uris = [spec.checkpoint.uri, spec.cache_uri]

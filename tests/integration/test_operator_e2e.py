@@ -1,0 +1,134 @@
+"""End to end without a cluster: operator -> RayJob -> real training -> status, and a restart.
+
+The operator runs for real against the Kubernetes API emulator; a KubeRay stand-in runs each
+RayJob's entrypoint (`cpt train`, real Ray + DeepSpeed on CPU) on this machine with the spec
+ConfigMap as a file; data, checkpoints, progress and the model live on SeaweedFS S3.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+
+import kopf
+import pytest
+from cpt_operator.controller.app import OperatorThread
+from cpt_operator.controller.settings import OperatorSettings
+
+from tests.support.k8s_emulator import CPTJOBS, EVENTS, EmulatorThread
+from tests.support.kuberay_standin import KubeRayStandIn, Run
+from tests.support.operator_env import cluster_job, create_secret, start_cluster, upload_example_data, wait_for
+from tests.support.seaweed import SeaweedS3
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack(s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmulatorThread, KubeRayStandIn]]:
+    upload_example_data(s3)
+    cluster = start_cluster()
+
+    def kill_when(name: str, run: Run) -> bool:
+        # Attempt 1 of "resilient" loses its head node once a committed checkpoint shows in its progress.
+        if name != "resilient-a1" or not _exists(s3, "runs/resilient/_status/progress.json"):
+            return False
+        body = s3.client().get_object(Bucket=s3.bucket, Key="runs/resilient/_status/progress.json")["Body"].read()
+        return bool((json.loads(body).get("checkpoint") or {}).get("step"))
+
+    standin = KubeRayStandIn(cluster, tmp_path_factory.mktemp("kuberay"), kill_when=kill_when).start()
+    settings = OperatorSettings(poll_seconds=1, metrics_port=0, health_port=0, trainer_image="cpt-trainer:test")
+    operator = OperatorThread(settings, login=kopf.ConnectionInfo(server=cluster.url)).start()
+    create_secret(cluster, s3)
+    yield cluster, standin
+    operator.stop()
+    standin.stop()
+    cluster.stop()
+
+
+def _exists(s3: SeaweedS3, key: str) -> bool:
+    try:
+        s3.client().head_object(Bucket=s3.bucket, Key=key)
+        return True
+    except Exception:
+        return False
+
+
+def e2e_job(s3: SeaweedS3, name: str, steps: int = 20) -> dict:
+    return cluster_job(
+        s3,
+        name,
+        training={"steps": steps, "globalBatchTokens": 512, "microBatchSize": 4},
+        checkpoint={"intervalSteps": 8, "keepLast": 2, "export": {"dtype": "float32"}},
+        evaluation={"intervalSteps": 10, "maxBatches": 2},
+    )
+
+
+def _status(cluster: EmulatorThread, name: str) -> dict:
+    return (cluster.get(CPTJOBS, "ml", name) or {}).get("status") or {}
+
+
+def _log(standin: KubeRayStandIn, name: str) -> str:
+    return standin.runs[name].log.read_text(errors="replace")[-4000:] if name in standin.runs else "(not started)"
+
+
+def test_cptjob_trains_to_success_through_the_operator(
+    stack: tuple[EmulatorThread, KubeRayStandIn], s3: SeaweedS3
+) -> None:
+    cluster, standin = stack
+    cluster.create(CPTJOBS, e2e_job(s3, "tiny-e2e"))
+    seen_running = wait_for(
+        lambda: _status(cluster, "tiny-e2e").get("progress", {}).get("step"),
+        timeout=240,
+        what="progress mirrored into the status",
+    )
+    assert seen_running >= 1
+    try:
+        st = wait_for(
+            lambda: (
+                _status(cluster, "tiny-e2e").get("phase") in ("Succeeded", "Failed") and _status(cluster, "tiny-e2e")
+            ),
+            timeout=300,
+            what="a terminal phase",
+        )
+    except AssertionError:
+        raise AssertionError(_log(standin, "tiny-e2e-a1")) from None
+    assert st["phase"] == "Succeeded", (st, _log(standin, "tiny-e2e-a1"))
+    assert st["progress"]["step"] == 20 and st["progress"]["loss"] > 0
+    assert st["checkpoint"]["step"] == 20 and st["checkpoint"]["uri"].endswith("step-00000020/")
+    assert st["evaluation"]["domainLoss"] < st["evaluation"]["domainLossBaseline"]
+    assert st["output"]["modelUri"] == f"s3://{s3.bucket}/runs/tiny-e2e/final/"
+    assert _exists(s3, "runs/tiny-e2e/final/model.safetensors")
+    assert {s["name"] for s in st["data"]["sources"]} == {"veloria", "general"}
+    assert st["restarts"] == 0 and st["attempt"] == 1
+
+
+def test_failed_attempt_resumes_from_its_checkpoint(
+    stack: tuple[EmulatorThread, KubeRayStandIn], s3: SeaweedS3
+) -> None:
+    cluster, standin = stack
+    cluster.create(CPTJOBS, e2e_job(s3, "resilient", steps=80))
+    try:
+        st = wait_for(
+            lambda: (
+                _status(cluster, "resilient").get("phase") in ("Succeeded", "Failed") and _status(cluster, "resilient")
+            ),
+            timeout=420,
+            what="a terminal phase",
+        )
+    except AssertionError:
+        raise AssertionError(_log(standin, "resilient-a1") + "\n-----\n" + _log(standin, "resilient-a2")) from None
+    assert standin.runs["resilient-a1"].killed, "attempt 1 was not interrupted"
+    assert st["phase"] == "Succeeded", (st, _log(standin, "resilient-a2"))
+    assert st["restarts"] == 1 and st["attempt"] == 2
+    events = [e for e in cluster.list(EVENTS, "ml") if e["involvedObject"]["name"] == "resilient"]
+    failed = next(e for e in events if e["reason"] == "AttemptFailed")
+    assert "head node lost" in failed["message"]
+    step = int(re.search(r"resumes from checkpoint step (\d+)", failed["message"]).group(1))
+    assert 8 <= step < 80 and step % 8 == 0  # a mid-run checkpoint of attempt 1
+    log2 = _log(standin, "resilient-a2")
+    assert "resuming from" in log2 and f"step-{step:08d}" in log2, log2
+    progress = json.loads(
+        s3.client().get_object(Bucket=s3.bucket, Key="runs/resilient/_status/progress.json")["Body"].read()
+    )
+    assert progress["attempt"] == 2 and progress["state"] == "succeeded"

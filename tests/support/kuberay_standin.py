@@ -1,0 +1,160 @@
+"""A stand-in for KubeRay in the test suite: runs each RayJob's entrypoint for real on this machine.
+
+It watches RayJobs in the Kubernetes API emulator and, for each new one, does what KubeRay and
+the Ray head would: mounts the spec ConfigMap (as a file), resolves the `secretKeyRef`
+environment from the emulator's Secrets, runs the entrypoint (`cpt train ...`, which starts a
+local Ray because no RAY_ADDRESS is set), and writes the RayJob status as KubeRay does
+(Initializing -> Running -> Complete/SUCCEEDED or Failed/FAILED). Deleting a RayJob kills its
+process group, as deleting its Ray cluster would.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.support.k8s_emulator import CONFIGMAPS, RAYJOBS, SECRETS, EmulatorThread
+
+
+@dataclass
+class Run:
+    name: str
+    uid: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    killed: bool = False
+
+
+@dataclass
+class KubeRayStandIn:
+    cluster: EmulatorThread
+    workdir: Path
+    #: Called with (rayjob name, run) every poll while it runs; return True to kill it (a lost node).
+    kill_when: Callable[[str, Run], bool] | None = None
+    runs: dict[str, Run] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> KubeRayStandIn:
+        self._thread = threading.Thread(target=self._loop, name="kuberay-standin", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        for run in self.runs.values():
+            self._kill(run)
+
+    def _status(self, namespace: str, name: str, **status: Any) -> None:
+        if self.cluster.get(RAYJOBS, namespace, name) is not None:
+            self.cluster.patch(RAYJOBS, namespace, name, {"status": status}, subresource="status")
+
+    def _env(self, namespace: str, container: dict[str, Any]) -> dict[str, str]:
+        env = dict(os.environ)
+        for item in container.get("env", []):
+            if "value" in item:
+                env[item["name"]] = item["value"]
+                continue
+            ref = item.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                secret = self.cluster.get(SECRETS, namespace, ref["name"]) or {}
+                value = (secret.get("data") or {}).get(ref["key"])
+                if value is not None:
+                    env[item["name"]] = base64.b64decode(value).decode()
+                elif not ref.get("optional"):
+                    raise RuntimeError(f"secret key {ref['name']}/{ref['key']} missing: the pod would not start")
+        env["CPT_CACHE_DIR"] = str(self.workdir / "node-cache")
+        env.pop("RAY_ADDRESS", None)
+        env.pop("CPT_FAULT", None)
+        return env
+
+    def _launch(self, rayjob: dict[str, Any]) -> None:
+        meta = rayjob["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+        container = head["containers"][0]
+        volume = next(v for v in head["volumes"] if "configMap" in v)
+        mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
+        configmap = self.cluster.get(CONFIGMAPS, namespace, volume["configMap"]["name"])
+        self._status(namespace, name, jobDeploymentStatus="Initializing", jobStatus="")
+        if configmap is None:
+            self._status(
+                namespace,
+                name,
+                jobDeploymentStatus="Failed",
+                jobStatus="FAILED",
+                reason="SubmissionFailed",
+                message="configmap not found",
+            )
+            return
+        root = self.workdir / name
+        spec_dir = root / "spec"
+        spec_dir.mkdir(parents=True, exist_ok=True)
+        for key, value in configmap["data"].items():
+            (spec_dir / key).write_text(value)
+        args = shlex.split(rayjob["spec"]["entrypoint"].replace(mount["mountPath"], str(spec_dir)))
+        assert args[0] == "cpt", args
+        log = root / "entrypoint.log"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cpt_operator.cli", *args[1:]],
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            env=self._env(namespace, container),
+            start_new_session=True,
+            cwd=root,
+        )
+        self.runs[name] = Run(name, meta["uid"], process, log)
+        self._status(
+            namespace,
+            name,
+            jobDeploymentStatus="Running",
+            jobStatus="RUNNING",
+            dashboardURL=f"http://127.0.0.1:8265/{name}",
+        )
+
+    def _kill(self, run: Run) -> None:
+        if run.process.poll() is None:
+            run.killed = True
+            os.killpg(run.process.pid, signal.SIGKILL)
+            run.process.wait()
+
+    def _loop(self) -> None:
+        finished: set[str] = set()
+        while not self._stop.is_set():
+            try:
+                current = {(o["metadata"]["namespace"], o["metadata"]["name"]): o for o in self.cluster.list(RAYJOBS)}
+                for (_, name), rayjob in current.items():
+                    if name not in self.runs and name not in finished:
+                        self._launch(rayjob)
+                for name, run in list(self.runs.items()):
+                    key = next(((ns, n) for ns, n in current if n == name), None)
+                    if key is None:  # RayJob deleted: its cluster goes away
+                        self._kill(run)
+                        continue
+                    if run.process.poll() is None and self.kill_when and self.kill_when(name, run):
+                        self._kill(run)
+                    code = run.process.poll()
+                    if code is not None and name not in finished:
+                        finished.add(name)
+                        if code == 0:
+                            self._status(*key, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
+                        else:
+                            why = "head node lost" if run.killed else f"entrypoint exited with {code}"
+                            self._status(
+                                *key, jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed", message=why
+                            )
+            except Exception as exc:
+                print(f"kuberay stand-in: {exc}", file=sys.stderr)
+            time.sleep(0.5)
