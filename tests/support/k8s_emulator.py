@@ -40,7 +40,23 @@ import attrs
 import jsonpatch
 import kmock
 
+from kmock._internal import parsing as _kmock_parsing
+
 Key = tuple[str, str, str]  # group, version, plural
+
+_stock_parse_path = _kmock_parsing.parse_path
+
+
+def _parse_path(path: str) -> _kmock_parsing.ParsedPath:
+    """kmock reads `/api/v1/namespaces[/NAME]` as a namespace prefix without a resource (and fails);
+    it is the cluster-scoped `namespaces` resource itself."""
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and len(parts) <= 4:
+        return _kmock_parsing.ParsedPath("", "v1", "namespaces", None, parts[3] if len(parts) == 4 else None, None)
+    return _stock_parse_path(path)
+
+
+_kmock_parsing.parse_path = _parse_path
 Validator = Callable[[dict[str, Any], dict[str, Any] | None], list[str]]
 
 
@@ -87,6 +103,8 @@ class FaithfulKubernetes(kmock.KubernetesEmulator):
 
     store: dict[tuple[Key, str | None, str], dict[str, Any]] = attrs.field(factory=dict)
     validators: dict[tuple[str, str], Validator] = attrs.field(factory=dict)
+    #: Called as listener(key, event_type, object) on every write (benchmarks timestamp events with it).
+    listeners: list[Callable[[Key, str, dict[str, Any]], None]] = attrs.field(factory=list)
     _log: list[tuple[int, Key, dict[str, Any]]] = attrs.field(factory=list)
     _rv: int = 0
     _changed: asyncio.Condition | None = None
@@ -124,6 +142,8 @@ class FaithfulKubernetes(kmock.KubernetesEmulator):
 
     async def _emit(self, key: Key, kind: str, obj: dict[str, Any]) -> None:
         self._log.append((self._rv, key, {"type": kind, "object": copy.deepcopy(obj)}))
+        for listener in self.listeners:
+            listener(key, kind, obj)
         async with self._condition:
             self._condition.notify_all()
 

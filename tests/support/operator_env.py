@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import yaml
 
 from tests.support.jobs import ROOT, merge, tiny_job_doc
-from tests.support.k8s_emulator import SECRETS, EmulatorThread, cluster_with_cpt_and_kuberay
+from tests.support.k8s_emulator import NAMESPACES, SECRETS, EmulatorThread, cluster_with_cpt_and_kuberay
 from tests.support.seaweed import SeaweedS3
 
 T = TypeVar("T")
@@ -87,6 +87,13 @@ def cluster_job(
     return copy.deepcopy(doc)
 
 
+def ensure_namespace(cluster: EmulatorThread, namespace: str) -> None:
+    """A Namespace object, as a real cluster has (kopf watching given namespaces waits for them)."""
+    if cluster.get(NAMESPACES, None, namespace) is None:
+        cluster.create(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+
+
 def create_secret(cluster: EmulatorThread, s3: SeaweedS3, namespace: str = "ml", name: str = "s3-credentials") -> None:
+    ensure_namespace(cluster, namespace)
     if cluster.get(SECRETS, namespace, name) is None:
         cluster.secret(namespace, name, {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key})

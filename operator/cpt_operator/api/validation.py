@@ -440,8 +440,12 @@ def _dedupe(problems: Iterable[Problem], shadowing: Iterable[Problem]) -> Iterat
             yield p
 
 
-def validate(doc: Any, old: Any = None) -> Report:
-    """Validate one CPTJob document; `old` (the stored object) enables update-only CEL rules."""
+def validate(doc: Any, old: Any = None, server_checked: bool = False) -> Report:
+    """Validate one CPTJob document; `old` (the stored object) enables update-only CEL rules.
+
+    `server_checked=True` skips the structural schema and CEL layers, which the API server has
+    already enforced for an object read from the cluster (the operator's hot path).
+    """
     if not isinstance(doc, dict):
         return Report(None, [Problem("", f"a CPTJob manifest must be a mapping (got {type(doc).__name__})")])
     if doc.get("kind") != api.KIND or doc.get("apiVersion") != api.API_VERSION:
@@ -457,8 +461,9 @@ def validate(doc: Any, old: Any = None) -> Report:
         job = api.CPTJob.model_validate(doc)
     except ValidationError as exc:
         errors.extend(_dedupe(_pydantic_problems(exc), secret))
-    errors.extend(_dedupe(schema_errors(doc), errors))
-    if not errors:
+    if not server_checked:
+        errors.extend(_dedupe(schema_errors(doc), errors))
+    if not errors and not server_checked:
         # Like the API server, CEL rules only run on objects that pass the structural schema.
         errors.extend(cel_violations(doc, old))
     if errors:
