@@ -39,7 +39,6 @@ import aiohttp.web
 import attrs
 import jsonpatch
 import kmock
-
 from kmock._internal import parsing as _kmock_parsing
 
 Key = tuple[str, str, str]  # group, version, plural
