@@ -83,14 +83,19 @@ fmt: setup ## Format the code
 .PHONY: crd
 crd: setup ## Regenerate the CRD (manifests/ and the Helm chart) from the API models
 	$(BIN)/cpt crd > manifests/crds/cpt.dev_cptjobs.yaml
+	$(BIN)/cpt crd --helm > charts/cpt-operator/templates/crds/cpt.dev_cptjobs.yaml
 
 .PHONY: docs
 docs: setup ## Regenerate docs/api.md from the API models
 	$(BIN)/cpt api-docs > docs/api.md
 	$(BIN)/cpt api-docs --progress > docs/progress.md
 
+.PHONY: manifests
+manifests: setup $(HELM) ## Regenerate the plain kustomize manifests from the Helm chart
+	PATH=$(abspath $(TOOLS)):$$PATH $(BIN)/python hack/render_manifests.py
+
 .PHONY: generate
-generate: crd docs ## Regenerate everything derived from the API models
+generate: crd docs manifests ## Regenerate everything derived from the API models and the chart
 
 .PHONY: clean
 clean: ## Remove the virtualenv, tools and caches

@@ -239,11 +239,12 @@ def render(file: Path, namespace: str | None, trainer_image: str | None) -> None
 
 
 @main.command()
-def crd() -> None:
+@click.option("--helm", is_flag=True, help="Print the Helm chart's CRD template instead (gated by crds.enabled).")
+def crd(helm: bool) -> None:
     """Print the CPTJob CustomResourceDefinition generated from the API models."""
-    from .api.crd import crd_yaml
+    from .api.crd import crd_yaml, helm_crd_template
 
-    click.echo(crd_yaml(), nl=False)
+    click.echo(helm_crd_template() if helm else crd_yaml(), nl=False)
 
 
 @main.command("api-docs")

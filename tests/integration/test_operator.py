@@ -261,3 +261,17 @@ def test_running_fields_are_immutable_through_the_api(
         cluster.patch(CPTJOBS, "ml", "frozen", {"spec": {"model": {"source": "/elsewhere"}}})
     assert info.value.status == 422 and "spec.model is immutable" in str(info.value.message)
     cluster.patch(CPTJOBS, "ml", "frozen", {"spec": {"runPolicy": {"maxRestarts": 9}}})  # operational: allowed
+
+
+def test_operator_calls_only_what_the_chart_grants(cluster: EmulatorThread, operator: OperatorThread) -> None:
+    """Runs last in this module. The emulator recorded every HTTP call (the tests' own set-up bypasses
+    HTTP): each one the operator made, kopf's included, is declared in API_CALLS and granted by the chart."""
+    from cpt_operator.controller.kube import API_CALLS
+
+    from tests.support.chart import granted
+
+    made = cluster.emulator.requests_seen
+    assert {("ray.io", "rayjobs", "create"), ("cpt.dev", "cptjobs", "watch")} <= made
+    assert made <= API_CALLS, sorted(made - API_CALLS)
+    allowed = granted(cluster_wide=True)
+    assert all(allowed(call) for call in API_CALLS), [c for c in API_CALLS if not allowed(c)]

@@ -102,6 +102,8 @@ class FaithfulKubernetes(kmock.KubernetesEmulator):
 
     store: dict[tuple[Key, str | None, str], dict[str, Any]] = attrs.field(factory=dict)
     validators: dict[tuple[str, str], Validator] = attrs.field(factory=dict)
+    #: (apiGroup, resource[/subresource], verb) of every API call served (the chart's RBAC is checked against it).
+    requests_seen: set[tuple[str, str, str]] = attrs.field(factory=set)
     #: Called as listener(key, event_type, object) on every write (benchmarks timestamp events with it).
     listeners: list[Callable[[Key, str, dict[str, Any]], None]] = attrs.field(factory=list)
     _log: list[tuple[int, Key, dict[str, Any]]] = attrs.field(factory=list)
@@ -291,6 +293,12 @@ class FaithfulKubernetes(kmock.KubernetesEmulator):
             return await super()._handle(request)
         key: Key = (resource.group or "", resource.version or "", resource.plural)
         method = str(request.method).upper().rsplit(".", 1)[-1]
+        watching = method == "GET" and request.params.get("watch") in ("true", "1")
+        verb = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}.get(
+            method, "watch" if watching else "get" if request.name else "list"
+        )
+        plural = f"{key[2]}/{request.subresource}" if request.subresource else key[2]
+        self.requests_seen.add((key[0], plural, verb))
         try:
             if method == "GET" and request.params.get("watch") in ("true", "1"):
                 return await self._watch(request, key)

@@ -24,8 +24,6 @@ API_CALLS: set[tuple[str, str, str]] = {
     ("cpt.dev", "cptjobs/status", "patch"),
     ("cpt.dev", "cptjobs/status", "update"),
     ("ray.io", "rayjobs", "get"),
-    ("ray.io", "rayjobs", "list"),
-    ("ray.io", "rayjobs", "watch"),
     ("ray.io", "rayjobs", "create"),
     ("ray.io", "rayjobs", "delete"),
     ("", "configmaps", "get"),

@@ -1,0 +1,185 @@
+"""The Helm chart with a real helm v3: lint, render, Kubernetes schemas, RBAC, values schema, snapshot."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from cpt_operator.api.crd import crd, helm_crd_template
+from cpt_operator.controller.builders import dump_yaml
+from cpt_operator.controller.kube import API_CALLS
+
+from tests.support.chart import CHART, granted, helm, render
+
+CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
+SNAPSHOT = Path(__file__).parent / "snapshots" / "chart-default.yaml"
+
+
+def by_kind(docs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for doc in docs:
+        out.setdefault(doc["kind"], []).append(doc)
+    return out
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=[p.stem for p in CI_VALUES])
+def test_helm_lint(values: Path) -> None:
+    result = helm("lint", str(CHART), "-f", str(values), check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=[p.stem for p in CI_VALUES])
+def test_every_rendered_object_is_valid_for_kubernetes(values: Path) -> None:
+    docs = render(values)
+    assert docs
+    for doc in docs:
+        if doc["kind"] == "ServiceMonitor":  # not a core type; checked structurally
+            assert doc["apiVersion"] == "monitoring.coreos.com/v1" and doc["spec"]["endpoints"][0]["port"] == "metrics"
+            continue
+        kubernetes_validate.validate(doc, "1.32", strict=True)
+
+
+def test_default_rendering_matches_snapshot() -> None:
+    text = dump_yaml(
+        *[d for d in render(CHART / "ci" / "default-values.yaml") if d["kind"] != "CustomResourceDefinition"]
+    )
+    if os.environ.get("CPT_UPDATE_SNAPSHOTS") or not SNAPSHOT.exists():
+        SNAPSHOT.write_text(text)
+    assert text == SNAPSHOT.read_text(), "chart rendering changed: review, then CPT_UPDATE_SNAPSHOTS=1"
+
+
+def test_chart_crd_is_the_generated_one() -> None:
+    template = CHART / "templates" / "crds" / "cpt.dev_cptjobs.yaml"
+    assert template.read_text() == helm_crd_template(), "run `make crd`"
+    rendered = by_kind(render())["CustomResourceDefinition"][0]
+    assert rendered["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    rendered["metadata"].pop("annotations")
+    assert rendered == crd()
+    unkept = by_kind(render(set_values=("crds.keep=false",)))["CustomResourceDefinition"][0]
+    assert "annotations" not in unkept["metadata"]
+    assert "CustomResourceDefinition" not in by_kind(render(CHART / "ci" / "no-crds-values.yaml"))
+
+
+def test_operator_deployment_is_locked_down() -> None:
+    deployment = by_kind(render())["Deployment"][0]
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["port"] == "health"
+    assert container["args"][:2] == ["operator", "--all-namespaces"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["CPT_OPERATOR_TRAINER_IMAGE"] == "ghcr.io/cpt-operator/cpt-trainer:0.1.0"
+
+
+def test_rbac_grants_exactly_what_the_operator_calls() -> None:
+    rules = [r for doc in by_kind(render())["ClusterRole"] for r in doc["rules"]]
+    granted_calls = {(g, res, v) for r in rules for g in r["apiGroups"] for res in r["resources"] for v in r["verbs"]}
+    assert granted_calls == API_CALLS
+    assert not any("*" in str(r) for r in rules)
+    assert {v for g, res, v in granted_calls if res == "secrets"} == {"get"}
+
+
+def test_namespaced_mode_uses_roles() -> None:
+    docs = by_kind(render(CHART / "ci" / "namespaced-values.yaml"))
+    roles = docs["Role"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-team", "research"]
+    assert sorted(b["metadata"]["namespace"] for b in docs["RoleBinding"]) == ["ml-team", "research"]
+    # The only cluster-scoped permission left: following the watched namespaces.
+    [cluster_role] = docs["ClusterRole"]
+    assert cluster_role["rules"] == [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}]
+    args = docs["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=ml-team" in args and "--namespace=research" in args and "--all-namespaces" not in args
+    allowed = granted(cluster_wide=False, namespace="research")
+    assert all(allowed(call) for call in API_CALLS if call[1] != "namespaces")
+
+
+def test_servicemonitor_only_when_enabled() -> None:
+    assert "ServiceMonitor" not in by_kind(render())
+    monitor = by_kind(render(CHART / "ci" / "servicemonitor-values.yaml"))["ServiceMonitor"][0]
+    assert (
+        monitor["metadata"]["labels"]["release"] == "prometheus"
+        and monitor["spec"]["endpoints"][0]["interval"] == "15s"
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("bogus=1", "Additional property bogus is not allowed"),
+        ("metrics.port=abc", "metrics.port: Invalid type"),
+        ("image.pullPolicy=Sometimes", "image.pullPolicy"),
+        ("crds.keep=maybe", "crds.keep: Invalid type"),
+        ("watchNamespaces={Bad_NS}", "watchNamespaces.0"),
+    ],
+)
+def test_invalid_values_are_rejected_by_the_schema(setting: str, message: str) -> None:
+    result = helm("template", "x", str(CHART), "--set", setting, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+def test_every_value_is_documented() -> None:
+    """Each leaf value (per values.schema.json) has a `# --` comment above it."""
+    import json
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    stack: list[tuple[int, str]] = []
+    undocumented = []
+    for i, line in enumerate(lines):
+        match = re.match(r"^(\s*)([A-Za-z][A-Za-z0-9]*):", line)
+        if not match:
+            continue
+        indent = len(match.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        parent: dict[str, Any] = schema
+        for _, key in stack:
+            parent = parent.get("properties", {}).get(key, {})
+        stack.append((indent, match.group(2)))
+        if "properties" not in parent:
+            continue  # inside a free-form value (e.g. resources): documented as a whole
+        node = parent["properties"].get(match.group(2), {})
+        if "properties" in node:
+            continue  # a group of values, not a value
+        comments = []
+        for j in range(i - 1, -1, -1):
+            if not lines[j].strip().startswith("#"):
+                break
+            comments.append(lines[j].strip())
+        if not any(c.startswith("# --") for c in comments):
+            undocumented.append(".".join(k for _, k in stack))
+    assert undocumented == []
+
+
+def test_notes_explain_the_prerequisite_and_first_job(tmp_path: Path) -> None:
+    # `helm template` skips NOTES.txt; render it through a copy of the chart that wraps it in YAML.
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    (chart / "templates" / "NOTES.txt").rename(chart / "notes-source.txt")
+    (chart / "templates" / "notes.yaml").write_text(
+        'notes: |\n{{ tpl (.Files.Get "notes-source.txt") . | indent 2 }}\n'
+    )
+    notes = yaml.safe_load(helm("template", "cpt", str(chart), "--show-only", "templates/notes.yaml").stdout)["notes"]
+    assert "helm install kuberay-operator kuberay/kuberay-operator --version 1.7.0" in notes
+    assert "kubectl -n ml-team create secret generic s3-credentials" in notes
+    assert "cluster-wide RBAC" in notes
+
+
+def test_chart_version_matches_the_package() -> None:
+    from cpt_operator import __version__
+
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == __version__
