@@ -8,6 +8,7 @@ current attempt), and runs the storage preflight when an attempt is due.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -44,11 +45,13 @@ def _status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 _STORAGE: dict[tuple[str, ...], Storage] = {}
 
 
-def storage_for(spec: api.StorageSpec, secret: dict[str, str] | None) -> Storage:
+def storage_for(spec: api.StorageSpec, secret: dict[str, str] | None, endpoint: str | None = None) -> Storage:
     """A Storage per (endpoint, region, credentials): creating a boto3 client costs ~100 ms and ~10 MB,
     so jobs that share a Secret share a client (boto3 clients are thread-safe)."""
     env = dict(secret) if secret is not None else dict(os.environ)
     settings = S3Settings.from_spec(spec, {**env, "AWS_REGION": spec.region})
+    if endpoint:
+        settings = dataclasses.replace(settings, endpoint=endpoint)
     key = (
         str(settings.endpoint),
         settings.region,
@@ -106,7 +109,7 @@ async def reconcile_job(
     secret = await kube.secret_data(namespace, secret_name) if secret_name else None
     rayjob = await kube.get("ray.io", "v1", "rayjobs", namespace, status.ray_job_name) if status.ray_job_name else None
 
-    storage = storage_for(spec.storage, secret if secret_name else None)
+    storage = storage_for(spec.storage, secret if secret_name else None, settings.s3_endpoint)
     progress = None
     if status.attempt > 0 and (secret is not None or not secret_name):
         try:

@@ -38,6 +38,9 @@ class OperatorSettings(BaseModel):
     """Default memory of the Ray head."""
     max_worker_failures: int = 1
     """Ray Train restarts of lost workers inside one attempt, before the attempt fails."""
+    s3_endpoint: str | None = None
+    """S3 endpoint the operator itself uses instead of spec.storage.endpoint (an operator outside the
+    cluster network, e.g. a port-forward); the pods always use spec.storage.endpoint."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> OperatorSettings:
