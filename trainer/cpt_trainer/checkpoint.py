@@ -94,6 +94,8 @@ class CheckpointStore:
         self.run = parse_uri(run_uri).as_prefix()
         self.rank, self.world = rank, world
         self.pending: PendingUpload | None = None
+        self.uid: str | None = None
+        self._claimed = False
 
     def step_location(self, step: int) -> Location:
         return self.run.join(f"step-{step:08d}/")
@@ -130,38 +132,51 @@ class CheckpointStore:
     # -- identity and fencing ---------------------------------------------------------------
 
     def claim(self, job: str, uid: str | None, attempt: int) -> None:
-        """Rank 0, at start: check the directory belongs to this job and fence older attempts."""
+        """Rank 0, at start: check the directory belongs to this job and fence older attempts.
+
+        The owner is the job *name*: a CPTJob deleted and applied again (a new uid) adopts the run of
+        its predecessor and resumes from its checkpoints -- the way to continue a failed job. A job
+        with another name never does. Fencing is per incarnation: a new uid supersedes every attempt
+        of the old one, so a zombie of the deleted job can no longer write.
+        """
         run_file = self.run.join(RUN_PATH)
         try:
             owner = json.loads(self.storage.read_text(run_file))
         except NotFound:
             owner = None
-        if owner is not None:
-            same_job = owner.get("job") == job
-            same_uid = not uid or not owner.get("uid") or owner.get("uid") == uid
-            if not (same_job and same_uid):
-                raise IdentityMismatch(
-                    f"checkpoint.uri {self.run} already holds the run of job '{owner.get('job')}' "
-                    f"(uid {owner.get('uid') or '-'}); a job never resumes another job's checkpoints. Use a "
-                    "different spec.checkpoint.uri, or delete the old run to start over"
-                )
-        else:
+        if owner is not None and owner.get("job") != job:
+            raise IdentityMismatch(
+                f"checkpoint.uri {self.run} already holds the run of job '{owner.get('job')}'; a job never "
+                "resumes another job's checkpoints. Use a different spec.checkpoint.uri, or delete the old run "
+                "to start over"
+            )
+        if owner is None or (uid and owner.get("uid") != uid):
+            if owner is not None:
+                log.warning("job '%s' (uid %s) adopts the run of its predecessor (uid %s)", job, uid, owner.get("uid"))
             self.storage.write_text(run_file, json.dumps({"job": job, "uid": uid, "createdAt": now()}))
-        fence = self.fence()
-        if fence > attempt:
-            raise FencedOut(f"attempt {attempt} is older than attempt {fence}, which owns {self.run}")
-        self.storage.write_text(self.run.join(FENCE_PATH), json.dumps({"attempt": attempt, "since": now()}))
+        self.uid, self._claimed = uid, True
+        fence = self._fence()
+        if fence.get("uid") == uid and int(fence.get("attempt", 0)) > attempt:
+            raise FencedOut(f"attempt {attempt} is older than attempt {fence['attempt']}, which owns {self.run}")
+        self.storage.write_text(
+            self.run.join(FENCE_PATH), json.dumps({"attempt": attempt, "uid": uid, "since": now()})
+        )
+
+    def _fence(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.storage.read_text(self.run.join(FENCE_PATH))))
+        except NotFound:
+            return {}
 
     def fence(self) -> int:
-        try:
-            return int(json.loads(self.storage.read_text(self.run.join(FENCE_PATH)))["attempt"])
-        except NotFound:
-            return 0
+        """The attempt number that owns the run directory (0: none yet)."""
+        return int(self._fence().get("attempt", 0))
 
     def check_fence(self, attempt: int) -> None:
-        fence = self.fence()
-        if fence > attempt:
-            raise FencedOut(f"attempt {fence} took over {self.run}; attempt {attempt} stops without writing")
+        fence = self._fence()
+        newer_incarnation = self._claimed and fence.get("uid") != self.uid
+        if newer_incarnation or int(fence.get("attempt", 0)) > attempt:
+            raise FencedOut(f"attempt {fence.get('attempt')} took over {self.run}; attempt {attempt} stops without writing")
 
     # -- save -----------------------------------------------------------------------------
 
