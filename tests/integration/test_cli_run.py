@@ -66,3 +66,27 @@ def test_cpt_run_with_a_bad_file_fails_cleanly(tmp_path: Path) -> None:
         [sys.executable, "-m", "cpt_operator.cli", "run", str(tmp_path / "nope.yaml")], capture_output=True, text=True
     )
     assert missing.returncode == 2
+
+
+def test_cpt_run_reports_a_model_that_cannot_train_without_retrying(tmp_path: Path) -> None:
+    """A set-up failure no restart can fix ends the run at once, with the reason, in the progress file too."""
+    model = tmp_path / "small-vocab"
+    model.mkdir()
+    config = json.loads((ROOT / "examples" / "models" / "tiny-llama" / "config.json").read_text())
+    config["vocab_size"] = 1000
+    (model / "config.json").write_text(json.dumps(config))
+    doc = yaml.safe_load((ROOT / "examples" / "local-tiny.yaml").read_text())
+    doc["spec"]["model"].update(source=str(model), tokenizer=str(ROOT / "examples" / "models" / "tiny-llama"))
+    for source in doc["spec"]["data"]["sources"]:
+        source["uris"] = [str(ROOT / "examples" / u) + ("/" if u.endswith("/") else "") for u in source["uris"]]
+    doc["spec"]["checkpoint"]["uri"] = str(tmp_path / "run") + "/"
+    doc["spec"]["cluster"]["workers"] = 1
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(doc))
+    result = subprocess.run([sys.executable, "-m", "cpt_operator.cli", "run", str(job)], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 1
+    assert "tokenizer/model mismatch" in result.stdout + result.stderr
+    progress = json.loads((tmp_path / "run" / "_status" / "progress.json").read_text())
+    assert progress["state"] == "failed" and progress["reason"] == "ModelSourceError"
+    assert "Traceback" not in result.stdout

@@ -158,9 +158,7 @@ class CheckpointStore:
         fence = self._fence()
         if fence.get("uid") == uid and int(fence.get("attempt", 0)) > attempt:
             raise FencedOut(f"attempt {attempt} is older than attempt {fence['attempt']}, which owns {self.run}")
-        self.storage.write_text(
-            self.run.join(FENCE_PATH), json.dumps({"attempt": attempt, "uid": uid, "since": now()})
-        )
+        self.storage.write_text(self.run.join(FENCE_PATH), json.dumps({"attempt": attempt, "uid": uid, "since": now()}))
 
     def _fence(self) -> dict[str, Any]:
         try:
@@ -176,7 +174,9 @@ class CheckpointStore:
         fence = self._fence()
         newer_incarnation = self._claimed and fence.get("uid") != self.uid
         if newer_incarnation or int(fence.get("attempt", 0)) > attempt:
-            raise FencedOut(f"attempt {fence.get('attempt')} took over {self.run}; attempt {attempt} stops without writing")
+            raise FencedOut(
+                f"attempt {fence.get('attempt')} took over {self.run}; attempt {attempt} stops without writing"
+            )
 
     # -- save -----------------------------------------------------------------------------
 

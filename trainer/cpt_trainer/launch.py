@@ -95,7 +95,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import torch
 
-    from .data import PreparedSource
+    from .checkpoint import IdentityMismatch
+    from .data import DataError, PreparedSource, SamplerStateMismatch
+    from .engine import GeometryError
+    from .sources import ModelSourceError
     from .trainer import RunContext, Trainer
 
     os.environ.update(config.get("env") or {})
@@ -114,7 +117,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     prepared = [PreparedSource(**p) for p in config["prepared"]]
     settings = S3Settings.from_spec(spec.storage)
     trainer = Trainer(spec, prepared, settings, ctx)
-    trainer.setup()
+    reasons: dict[type[Exception], str] = {
+        ModelSourceError: "ModelSourceError",
+        DataError: "DataError",
+        SamplerStateMismatch: "ResumeMismatch",
+        IdentityMismatch: IdentityMismatch.reason,
+        GeometryError: "InvalidSpec",
+    }
+    try:
+        trainer.setup()
+    except tuple(reasons) as exc:
+        # A restart cannot fix these: record the reason and end without Ray retrying the workers.
+        trainer.fail(next(r for t, r in reasons.items() if isinstance(exc, t)), str(exc))
+        return
     outcome = trainer.fit()
     if outcome.state == "failed" and outcome.reason == "FencedOut":
         raise RuntimeError(outcome.message)

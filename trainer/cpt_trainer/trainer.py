@@ -361,7 +361,8 @@ class Trainer:
 
     def progress(self, state: str, reason: str | None = None, message: str | None = None, **extra: Any) -> Progress:
         seq = self.spec.data.sequence_length
-        counts = self.sampler.counts(self.step * self.rows)
+        sampler = getattr(self, "sampler", None)  # absent when set-up failed early
+        counts = sampler.counts(self.step * self.rows) if sampler is not None else [0] * len(self.prepared)
         accounting = data_accounting(
             self.prepared, {p.name: int(c) for p, c in zip(self.prepared, counts, strict=True)}
         )
@@ -390,7 +391,7 @@ class Trainer:
             probes_after=self.probes_after,
             checkpoint=self.committed.ref() if self.committed and self.ctx.rank == 0 else None,
             data=[SourceProgress.model_validate(a) for a in accounting],
-            resumed_with_changes=self.sampler.resumed_with_changes,
+            resumed_with_changes=bool(sampler is not None and sampler.resumed_with_changes),
             started_at=self.started_at,
             updated_at=now(),
             **extra,
@@ -404,6 +405,11 @@ class Trainer:
         self.store.check_fence(self.ctx.attempt)
         self.storage.write_text(self.store.run.join(PROGRESS_PATH), self.progress(state, **kwargs).to_json())
         self._last_progress = time.monotonic()
+
+    def fail(self, reason: str, message: str) -> None:
+        """Record a failure no restart can fix (rank 0 writes it; the operator ends the job)."""
+        log.error("%s: %s", reason, message)
+        self.write_progress("failed", force=True, reason=reason, message=message)
 
     # -- the loop -------------------------------------------------------------------------
 

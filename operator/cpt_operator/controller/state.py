@@ -41,6 +41,7 @@ TERMINAL_REASONS = {
     "DataError",
     "ModelSourceError",
     "CheckpointOwnedByAnotherJob",
+    "ResumeMismatch",
     "DeadlineExceeded",
     "ForgettingDetected",
     "ValidationFailed",
