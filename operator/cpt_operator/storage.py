@@ -430,14 +430,6 @@ class Storage:
             for future in [pool.submit(fn, item) for item in items]:
                 future.result()
 
-    def iter_lines(self, uri: str | Location) -> Iterator[bytes]:
-        """Lines of an object, streamed."""
-        stream = self.open_read(uri)
-        try:
-            yield from stream
-        finally:
-            stream.close()
-
     # -- checks -------------------------------------------------------------------------
 
     def check_bucket(self, uri: str | Location) -> None:

@@ -13,7 +13,6 @@ RayJob entrypoint on a cluster, connecting to its Ray). It
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -217,7 +216,3 @@ def _root_cause(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     tail = [line for line in text if line.strip()][-3:]
     return " ".join(tail)[:2000] if tail else type(exc).__name__
-
-
-def dump_progress(progress: Progress | None) -> str:
-    return json.dumps(progress.model_dump(by_alias=True, exclude_none=True) if progress else {}, indent=2)
