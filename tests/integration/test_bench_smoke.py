@@ -11,8 +11,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_gpu_benchmark_runs_its_code_on_cpu() -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--cpu-smoke"], capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu.py"), "--cpu-smoke"], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     figures = json.loads((ROOT / "bench" / "results" / "gpu-smoke.json").read_text())
     assert figures["ours_tokens_per_s_per_gpu"] > 0 and figures["bare_tokens_per_s_per_gpu"] > 0

@@ -83,8 +83,9 @@ def test_cpt_run_reports_a_model_that_cannot_train_without_retrying(tmp_path: Pa
     doc["spec"]["cluster"]["workers"] = 1
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump(doc))
-    result = subprocess.run([sys.executable, "-m", "cpt_operator.cli", "run", str(job)], capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "cpt_operator.cli", "run", str(job)], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 1
     assert "tokenizer/model mismatch" in result.stdout + result.stderr
     progress = json.loads((tmp_path / "run" / "_status" / "progress.json").read_text())

@@ -298,3 +298,14 @@ def test_tokenizer_that_cannot_be_loaded(tmp_path: Path) -> None:
         load_tokenizer(str(tmp_path / "nope"))
     with pytest.raises(ModelSourceError, match="package 'no_such_pkg' is not installed"):
         load_tokenizer("pkg://no_such_pkg/model.gguf")
+
+
+def test_bad_data_under_ray_data_is_the_same_clear_error(tmp_path: Path, tokenizer: Any) -> None:
+    from cpt_trainer.local_ray import local_ray
+
+    (tmp_path / "part.jsonl").write_text('{"text": "ok"}\n{"text": broken\n')
+    with local_ray(num_cpus=2), pytest.raises(DataError) as info:
+        prepare(_spec_for(tmp_path, [str(tmp_path / "part.jsonl")]), Storage(), tokenizer=tokenizer, use_ray=True)
+    message = str(info.value)
+    assert message.startswith("source 'src': ") and "part.jsonl line 2: invalid JSON" in message
+    assert "Traceback" not in message

@@ -214,13 +214,21 @@ def test_another_jobs_run_directory_is_never_resumed(tmp_path: Path) -> None:
 
 def test_a_recreated_job_adopts_its_predecessors_run(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    first = Trainer(spec_for(run), prepare(spec_for(run).resolved(), Storage()).sources, S3Settings(),
-                    RunContext(attempt=3, job="t", uid="uid-old"))
+    first = Trainer(
+        spec_for(run),
+        prepare(spec_for(run).resolved(), Storage()).sources,
+        S3Settings(),
+        RunContext(attempt=3, job="t", uid="uid-old"),
+    )
     first.setup()
     assert first.fit().state == "succeeded"
     # Deleted and applied again: a new uid, attempts counted from 1 again, same checkpoints.
-    again = Trainer(spec_for(run, training={"steps": 10}), prepare(spec_for(run).resolved(), Storage()).sources,
-                    S3Settings(), RunContext(attempt=1, job="t", uid="uid-new"))
+    again = Trainer(
+        spec_for(run, training={"steps": 10}),
+        prepare(spec_for(run).resolved(), Storage()).sources,
+        S3Settings(),
+        RunContext(attempt=1, job="t", uid="uid-new"),
+    )
     again.setup()
     assert again.step == 8
     assert again.fit().state == "succeeded"

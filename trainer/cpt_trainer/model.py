@@ -85,6 +85,12 @@ def build_model(
         raise
     except Exception as exc:
         raise ModelSourceError(f"spec.model.source: cannot load the model from {source.identity}: {exc}") from None
+    if source.gguf_file and getattr(model, "hf_quantizer", None) is not None:
+        # transformers dequantizes GGUF weights into plain tensors but keeps its GGUF quantizer, which
+        # refuses save_pretrained; what trains (and is exported) is an ordinary float model.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     model.to(dtype)
     if training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

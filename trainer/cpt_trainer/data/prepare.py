@@ -160,7 +160,6 @@ class _RayTokenize:
 def _tokenize_ray(
     tokenizer: Any, source: DataSource, files: list[ObjectInfo], storage: Storage, parallelism: int
 ) -> Iterator[TokenizedFile]:
-    import ray
     import ray.data
 
     context = ray.data.DataContext.get_current()
@@ -181,13 +180,17 @@ def _tokenize_ray(
     try:
         for row in dataset.iter_rows():
             yield pickle.loads(row["result"])
-    except ray.exceptions.RayTaskError as exc:
-        cause = exc.cause if hasattr(exc, "cause") else None
-        if isinstance(cause, DataError):
-            raise DataError(str(cause)) from None
-        if "DataError" in str(exc):
-            line = next((ln for ln in str(exc).splitlines() if "DataError:" in ln), str(exc))
-            raise DataError(line.split("DataError:", 1)[-1].strip()) from None
+    except Exception as exc:
+        # Ray wraps a worker's exception (RayTaskError, UserCodeException, ...): surface our DataError
+        # as itself, with its message (source, file, line), not as a remote traceback.
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, DataError):
+                raise DataError(str(cause)) from None
+            cause = cause.__cause__ or getattr(cause, "cause", None)
+        line = next((ln for ln in str(exc).splitlines() if "DataError: " in ln), None)
+        if line is not None:
+            raise DataError(line.split("DataError: ", 1)[1].strip()) from None
         raise
 
 
