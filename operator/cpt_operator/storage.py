@@ -371,6 +371,14 @@ class Storage:
                 for i in range(0, len(objects), 1000):
                     batch = [{"Key": o.location.key} for o in objects[i : i + 1000]]
                     self.s3.delete_objects(Bucket=loc.bucket, Delete={"Objects": batch, "Quiet": True})
+                # Some S3-compatible servers (SeaweedFS) keep emptied "directories" as listable prefixes;
+                # deleting their marker keys, deepest first, removes them (a no-op on AWS S3).
+                folders = {loc.key}
+                for obj in objects:
+                    parts = obj.location.key[len(loc.key) :].split("/")[:-1]
+                    folders |= {loc.key + "/".join(parts[: n + 1]) + "/" for n in range(len(parts))}
+                for folder in sorted(folders, key=lambda f: f.count("/"), reverse=True):
+                    self.s3.delete_object(Bucket=loc.bucket, Key=folder)
             else:
                 import shutil
 

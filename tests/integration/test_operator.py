@@ -208,7 +208,8 @@ def test_failed_attempt_restarts_from_the_checkpoint(
         for e in cluster.list(EVENTS, "ml")
         if e["reason"] == "AttemptFailed" and e["involvedObject"]["name"] == "flaky"
     )
-    assert "worker node lost" in event["message"] and "resumes from checkpoint step 10" in event["message"]
+    assert "worker node lost" in event["message"]
+    assert "resumes from the last committed checkpoint (step 10 or later)" in event["message"]
     # Attempt 1's progress (step 10) is never shown as attempt 2's.
     assert status(cluster, "flaky").get("progress", {}).get("step") in (None, 10)
 

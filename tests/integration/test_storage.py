@@ -40,6 +40,7 @@ def test_write_read_list_delete(root: tuple[Storage, str]) -> None:
         storage.read_bytes(base + "a/missing.json")
     assert storage.delete_prefix(base + "a/") == 2
     assert storage.list_objects(base + "a/") == []
+    assert storage.list_dirs(base) == []  # no empty "directory" is left behind
 
 
 def test_atomic_write_never_shows_a_partial_object(root: tuple[Storage, str]) -> None:

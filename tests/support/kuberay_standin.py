@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +38,8 @@ class Run:
 class KubeRayStandIn:
     cluster: EmulatorThread
     workdir: Path
-    #: Called with (rayjob name, run) every poll while it runs; return True to kill it (a lost node).
-    kill_when: Callable[[str, Run], bool] | None = None
+    #: Extra environment per RayJob name (e.g. CPT_FAULT for one attempt).
+    extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
     runs: dict[str, Run] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -111,7 +110,7 @@ class KubeRayStandIn:
             [sys.executable, "-m", "cpt_operator.cli", *args[1:]],
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
-            env=self._env(namespace, container),
+            env={**self._env(namespace, container), **self.extra_env.get(name, {})},
             start_new_session=True,
             cwd=root,
         )
@@ -143,8 +142,6 @@ class KubeRayStandIn:
                     if key is None:  # RayJob deleted: its cluster goes away
                         self._kill(run)
                         continue
-                    if run.process.poll() is None and self.kill_when and self.kill_when(name, run):
-                        self._kill(run)
                     code = run.process.poll()
                     if code is not None and name not in finished:
                         finished.add(name)

@@ -42,6 +42,7 @@ def worker_env() -> dict[str, str]:
         "TORCH_EXTENSIONS_DIR",
         "HF_HOME",
         "PYTHONPATH",
+        "CPT_FAULT",  # fault injection of the test suite (faults.py); unset in real runs
     ):
         if os.environ.get(key):
             env[key] = os.environ[key]

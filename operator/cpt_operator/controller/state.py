@@ -362,7 +362,11 @@ def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None
             )
             return decision
         status.restarts += 1
-        where = f"checkpoint step {status.checkpoint.step}" if status.checkpoint else "the start (no checkpoint yet)"
+        where = (
+            f"the last committed checkpoint (step {status.checkpoint.step} or later)"
+            if status.checkpoint
+            else "the last committed checkpoint, if any"
+        )
         set_condition(status, "Training", "False", reason, message, now, generation)
         decision.events.append(
             Event(
