@@ -10,27 +10,32 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.jobs import TINY_MODEL, tiny_job_doc
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def test_cpt_run_trains_reports_and_resumes(tmp_path: Path) -> None:
-    doc = yaml.safe_load((ROOT / "examples" / "local-tiny.yaml").read_text())
-    examples = ROOT / "examples"
-    doc["spec"]["model"]["source"] = str(examples / "models" / "tiny-llama")
-    for source in doc["spec"]["data"]["sources"]:
-        source["uris"] = [str(examples / u) + ("/" if u.endswith("/") else "") for u in source["uris"]]
-    doc["spec"]["checkpoint"]["uri"] = "run/"  # relative: resolved against the file's directory
-    job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump(doc))
+def write_job(path: Path, **spec: object) -> Path:
+    """examples/local-tiny.yaml with absolute data paths and the given spec overrides."""
+    path.write_text(yaml.safe_dump(tiny_job_doc(spec=spec)))
+    return path
 
-    first = subprocess.run(
+
+def cpt_run(job: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "cpt_operator.cli", "run", str(job)],
         capture_output=True,
         text=True,
         timeout=600,
         cwd="/",
     )
+
+
+def test_cpt_run_trains_reports_and_resumes(tmp_path: Path) -> None:
+    # A relative checkpoint.uri is resolved against the file's directory.
+    job = write_job(tmp_path / "job.yaml", checkpoint={"uri": "run/"})
+    first = cpt_run(job)
     output = first.stdout + first.stderr
     assert first.returncode == 0, output[-3000:]
     assert "domain holdout loss" in output and "general holdout loss" in output
@@ -43,13 +48,7 @@ def test_cpt_run_trains_reports_and_resumes(tmp_path: Path) -> None:
     progress = json.loads((run / "_status" / "progress.json").read_text())
     assert progress["state"] == "succeeded" and progress["step"] == 30
 
-    again = subprocess.run(
-        [sys.executable, "-m", "cpt_operator.cli", "run", str(job)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd="/",
-    )
+    again = cpt_run(job)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     assert "attempt 2" in again.stdout + again.stderr
     assert "resuming from" in again.stdout + again.stderr
@@ -58,34 +57,27 @@ def test_cpt_run_trains_reports_and_resumes(tmp_path: Path) -> None:
 def test_cpt_run_with_a_bad_file_fails_cleanly(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text((ROOT / "examples" / "local-tiny.yaml").read_text().replace("steps: 30", "steps: 0"))
-    result = subprocess.run([sys.executable, "-m", "cpt_operator.cli", "run", str(bad)], capture_output=True, text=True)
+    result = cpt_run(bad)
     assert result.returncode == 1
     assert f"{bad}: spec.training.steps: must be > 0 (got 0)" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
-    missing = subprocess.run(
-        [sys.executable, "-m", "cpt_operator.cli", "run", str(tmp_path / "nope.yaml")], capture_output=True, text=True
-    )
-    assert missing.returncode == 2
+    assert cpt_run(tmp_path / "nope.yaml").returncode == 2
 
 
 def test_cpt_run_reports_a_model_that_cannot_train_without_retrying(tmp_path: Path) -> None:
     """A set-up failure no restart can fix ends the run at once, with the reason, in the progress file too."""
     model = tmp_path / "small-vocab"
     model.mkdir()
-    config = json.loads((ROOT / "examples" / "models" / "tiny-llama" / "config.json").read_text())
+    config = json.loads((TINY_MODEL / "config.json").read_text())
     config["vocab_size"] = 1000
     (model / "config.json").write_text(json.dumps(config))
-    doc = yaml.safe_load((ROOT / "examples" / "local-tiny.yaml").read_text())
-    doc["spec"]["model"].update(source=str(model), tokenizer=str(ROOT / "examples" / "models" / "tiny-llama"))
-    for source in doc["spec"]["data"]["sources"]:
-        source["uris"] = [str(ROOT / "examples" / u) + ("/" if u.endswith("/") else "") for u in source["uris"]]
-    doc["spec"]["checkpoint"]["uri"] = str(tmp_path / "run") + "/"
-    doc["spec"]["cluster"]["workers"] = 1
-    job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump(doc))
-    result = subprocess.run(
-        [sys.executable, "-m", "cpt_operator.cli", "run", str(job)], capture_output=True, text=True, timeout=600
+    job = write_job(
+        tmp_path / "job.yaml",
+        model={"source": str(model), "tokenizer": str(TINY_MODEL)},
+        checkpoint={"uri": str(tmp_path / "run") + "/"},
+        cluster={"workers": 1},
     )
+    result = cpt_run(job)
     assert result.returncode == 1
     assert "tokenizer/model mismatch" in result.stdout + result.stderr
     progress = json.loads((tmp_path / "run" / "_status" / "progress.json").read_text())

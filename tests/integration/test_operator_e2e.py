@@ -63,6 +63,19 @@ def _status(cluster: EmulatorThread, name: str) -> dict:
     return (cluster.get(CPTJOBS, "ml", name) or {}).get("status") or {}
 
 
+def _until_terminal(cluster: EmulatorThread, standin: KubeRayStandIn, name: str, timeout: float) -> dict:
+    """The status once the job is Succeeded or Failed; on timeout, fail with its attempts' logs."""
+    try:
+        return wait_for(
+            lambda: _status(cluster, name).get("phase") in ("Succeeded", "Failed") and _status(cluster, name),
+            timeout=timeout,
+            what=f"a terminal phase of {name}",
+        )
+    except AssertionError:
+        logs = [_log(standin, run) for run in sorted(standin.runs) if run.startswith(f"{name}-a")]
+        raise AssertionError("\n-----\n".join(logs)) from None
+
+
 def _log(standin: KubeRayStandIn, name: str, tail: int = 4000) -> str:
     return standin.runs[name].log.read_text(errors="replace")[-tail:] if name in standin.runs else "(not started)"
 
@@ -78,16 +91,7 @@ def test_cptjob_trains_to_success_through_the_operator(
         what="progress mirrored into the status",
     )
     assert seen_running >= 1
-    try:
-        st = wait_for(
-            lambda: (
-                _status(cluster, "tiny-e2e").get("phase") in ("Succeeded", "Failed") and _status(cluster, "tiny-e2e")
-            ),
-            timeout=300,
-            what="a terminal phase",
-        )
-    except AssertionError:
-        raise AssertionError(_log(standin, "tiny-e2e-a1")) from None
+    st = _until_terminal(cluster, standin, "tiny-e2e", timeout=300)
     assert st["phase"] == "Succeeded", (st, _log(standin, "tiny-e2e-a1"))
     assert st["progress"]["step"] == 20 and st["progress"]["loss"] > 0
     assert st["checkpoint"]["step"] == 20 and st["checkpoint"]["uri"].endswith("step-00000020/")
@@ -103,16 +107,7 @@ def test_failed_attempt_resumes_from_its_checkpoint(
 ) -> None:
     cluster, standin = stack
     cluster.create(CPTJOBS, e2e_job(s3, "resilient", steps=40))
-    try:
-        st = wait_for(
-            lambda: (
-                _status(cluster, "resilient").get("phase") in ("Succeeded", "Failed") and _status(cluster, "resilient")
-            ),
-            timeout=420,
-            what="a terminal phase",
-        )
-    except AssertionError:
-        raise AssertionError(_log(standin, "resilient-a1") + "\n-----\n" + _log(standin, "resilient-a2")) from None
+    st = _until_terminal(cluster, standin, "resilient", timeout=420)
     assert st["phase"] == "Succeeded", (st, _log(standin, "resilient-a2"))
     assert st["restarts"] == 1 and st["attempt"] == 2
     log1 = _log(standin, "resilient-a1", tail=10**7)

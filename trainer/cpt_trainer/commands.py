@@ -10,13 +10,14 @@ import time
 from typing import Any
 
 from cpt_operator.api.progress import Progress as ProgressFile
+from cpt_operator.api.progress import read_progress
 from cpt_operator.api.v1alpha1 import CPTJob
 from cpt_operator.storage import S3Settings, Storage
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .launch import cluster_options, local_options, next_attempt, read_progress, run_job
+from .launch import cluster_options, local_options, next_attempt, run_job
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cpt_operator.api.progress import PROGRESS_PATH, Progress
+from cpt_operator.api.progress import PROGRESS_PATH, Progress, read_progress
 from cpt_operator.api.v1alpha1 import CPTJob, CPTJobSpec
-from cpt_operator.storage import NotFound, S3Settings, Storage, parse_uri
+from cpt_operator.storage import S3Settings, Storage
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +73,6 @@ def cluster_options(spec: CPTJobSpec, max_failures: int) -> LaunchOptions:
         n = spec.cluster.workers * spec.cluster.gpus_per_worker
         return LaunchOptions(n, True, {"GPU": 1}, max_failures, data_parallelism=max(2, spec.cluster.workers))
     return LaunchOptions(spec.cluster.workers, False, {"CPU": 1}, max_failures, data_parallelism=2)
-
-
-def read_progress(storage: Storage, run_uri: str) -> Progress | None:
-    try:
-        return Progress.model_validate_json(storage.read_text(parse_uri(run_uri).as_prefix().join(PROGRESS_PATH)))
-    except NotFound:
-        return None
 
 
 def next_attempt(storage: Storage, run_uri: str) -> int:

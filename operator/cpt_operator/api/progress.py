@@ -16,6 +16,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from ..storage import NotFound, Storage, parse_uri
+
 PROGRESS_PATH = "_status/progress.json"
 FENCE_PATH = "_status/fence.json"
 RUN_PATH = "_status/run.json"
@@ -136,3 +138,11 @@ class Progress(_Wire):
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, exclude_none=True, indent=2)
+
+
+def read_progress(storage: Storage, run_uri: str) -> Progress | None:
+    """The progress file below a run directory, or None when none was written yet."""
+    try:
+        return Progress.model_validate_json(storage.read_text(parse_uri(run_uri).as_prefix().join(PROGRESS_PATH)))
+    except NotFound:
+        return None

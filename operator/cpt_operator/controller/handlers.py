@@ -20,9 +20,9 @@ from typing import Any
 import kopf
 
 from ..api import v1alpha1 as api
-from ..api.progress import PROGRESS_PATH, Progress
+from ..api.progress import read_progress
 from ..api.validation import validate
-from ..storage import NotFound, S3Settings, Storage, StorageError, parse_uri
+from ..storage import S3Settings, Storage, StorageError
 from .builders import build_configmap, build_rayjob
 from .kube import Kube
 from .metrics import Metrics
@@ -66,13 +66,6 @@ def storage_for(spec: api.StorageSpec, secret: dict[str, str] | None, endpoint: 
             _STORAGE.clear()
         storage = _STORAGE[key] = Storage(settings)
     return storage
-
-
-def read_progress(storage: Storage, run_uri: str) -> Progress | None:
-    try:
-        return Progress.model_validate_json(storage.read_text(parse_uri(run_uri).as_prefix().join(PROGRESS_PATH)))
-    except NotFound:
-        return None
 
 
 async def reconcile_job(
