@@ -72,12 +72,12 @@ unit: setup ## Run only the unit tests
 .PHONY: lint
 lint: setup ## ruff + mypy
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check operator trainer
+	$(BIN)/ruff format --check core operator trainer devkit
 	$(BIN)/mypy
 
 .PHONY: fmt
 fmt: setup ## Format the code
-	$(BIN)/ruff format operator trainer
+	$(BIN)/ruff format core operator trainer devkit
 	$(BIN)/ruff check --fix .
 
 .PHONY: crd
@@ -86,9 +86,8 @@ crd: setup ## Regenerate the CRD (manifests/ and the Helm chart) from the API mo
 	$(BIN)/cpt crd --helm > charts/cpt-operator/templates/crds/cpt.dev_cptjobs.yaml
 
 .PHONY: docs
-docs: setup ## Regenerate docs/api.md from the API models
-	$(BIN)/cpt api-docs > docs/api.md
-	$(BIN)/cpt api-docs --progress > docs/progress.md
+docs: setup ## Regenerate docs/api.md, docs/progress.md and the reasons table of docs/operations.md
+	$(BIN)/python hack/generate_docs.py
 
 .PHONY: manifests
 manifests: setup $(HELM) ## Regenerate the plain kustomize manifests from the Helm chart

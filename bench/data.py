@@ -32,11 +32,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 import numpy as np
 
-from cpt_operator.storage import Storage
+from cpt_core.storage import Storage
 from cpt_trainer.data import RankLoader, build_sampler, prepare
 from cpt_trainer.data.sampler import BlendedSampler, SourceInfo
 from cpt_trainer.sources import load_tokenizer
-from tests.support.jobs import tiny_job
+from devkit.jobs import tiny_job
 
 
 def make_corpus(directory: Path, megabytes: int, files: int = 16) -> list[str]:
@@ -103,7 +103,7 @@ def bench_prepare(spec: Any, tokenizer: Any, use_ray: bool) -> tuple[float, int]
     elapsed = time.perf_counter() - started
     source = report.sources[0]
     assert not source.cache_hit
-    return elapsed, int(source.manifest["train"]["tokens"] + source.manifest["holdout"]["tokens"])
+    return elapsed, source.manifest.train.tokens + source.manifest.holdout.tokens
 
 
 def bench_positioning() -> dict[str, Any]:

@@ -83,12 +83,13 @@ def main() -> None:
     elif not torch.cuda.is_available():
         sys.exit("bench/gpu.py needs a GPU (use --cpu-smoke to exercise the code on CPU)")
 
-    from cpt_operator.api.v1alpha1 import CPTJobSpec
-    from cpt_operator.storage import S3Settings, Storage
+    from cpt_core.api.v1alpha1 import CPTJobSpec
+    from cpt_core.storage import S3Settings, Storage
     from cpt_trainer.data import prepare
     from cpt_trainer.engine import init_distributed_single_process
+    from cpt_trainer.hooks import StepTimes
     from cpt_trainer.trainer import RunContext, Trainer
-    from tests.support.jobs import tiny_job_doc
+    from devkit.jobs import tiny_job_doc
 
     config = SMOKE if args.cpu_smoke else ONE_B
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -120,17 +121,12 @@ def main() -> None:
         )
         spec = CPTJobSpec.model_validate(doc["spec"])
         prepared = prepare(spec.resolved(), Storage()).sources
-        stamps: dict[int, float] = {}
-
-        def record(trainer: Trainer) -> None:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            stamps[trainer.step] = time.perf_counter()
-
-        trainer = Trainer(spec, prepared, S3Settings(), RunContext(job="bench-gpu"), on_step=record)
+        times = StepTimes(synchronize=device.type == "cuda")
+        stamps = times.stamps
+        trainer = Trainer(spec, prepared, S3Settings(), RunContext(job="bench-gpu"), hooks=[times])
         trainer.setup()
         batches = [
-            trainer.loader.micro_batch(s, m)
+            trainer.data.loader.micro_batch(s, m)
             for s in range(args.steps + args.warmup)
             for m in range(trainer.accumulation)
         ]

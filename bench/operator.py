@@ -36,7 +36,7 @@ import yaml
 
 BARE_OPERATOR = """
 import kopf, aiohttp, os
-from cpt_operator.api.validation import parse_job
+from cpt_core.api.validation import parse_job
 from cpt_operator.controller.builders import build_rayjob
 from cpt_operator.controller.settings import OperatorSettings
 
@@ -83,8 +83,8 @@ def rss_mb(pid: int) -> float:
 
 
 def measure(mode: str, cluster: Any, s3: Any, work: Path, jobs: int) -> dict[str, Any]:
-    from tests.support.k8s_emulator import CPTJOBS, RAYJOBS
-    from tests.support.operator_env import cluster_job, create_secret, wait_for
+    from devkit.k8s_emulator import CPTJOBS, RAYJOBS
+    from devkit.cluster import cluster_job, create_secret, wait_for
 
     namespace = f"bench-{mode}"
     create_secret(cluster, s3, namespace=namespace)
@@ -108,7 +108,7 @@ def measure(mode: str, cluster: Any, s3: Any, work: Path, jobs: int) -> dict[str
         cmd = [
             sys.executable,
             "-m",
-            "cpt_operator.cli",
+            "cpt_core.cli",
             "operator",
             "-n",
             namespace,
@@ -166,8 +166,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=200)
     args = parser.parse_args()
-    from tests.support.operator_env import start_cluster, upload_example_data
-    from tests.support.seaweed import SeaweedS3
+    from devkit.cluster import start_cluster, upload_example_data
+    from devkit.seaweed import SeaweedS3
 
     with tempfile.TemporaryDirectory(prefix="cpt-bench-operator-") as tmp:
         work = Path(tmp)

@@ -38,13 +38,15 @@ for key, value in {
 
 import torch
 
-from cpt_operator.api.v1alpha1 import CPTJobSpec
-from cpt_operator.storage import S3Settings, Storage
+from cpt_core.api.v1alpha1 import CPTJobSpec
+from cpt_core.storage import S3Settings, Storage
 from cpt_trainer.data import prepare
 from cpt_trainer.engine import init_distributed_single_process
+from cpt_trainer.hooks import StepTimes
+from cpt_trainer.train_state import RNGState
 from cpt_trainer.trainer import RunContext, Trainer
-from tests.support.jobs import tiny_job_doc
-from tests.support.seaweed import SeaweedS3
+from devkit.jobs import tiny_job_doc
+from devkit.seaweed import SeaweedS3
 
 SIZES = {
     # name: (hidden, intermediate, layers, heads, seq_len, micro_batch)
@@ -96,18 +98,15 @@ def spec_for(work: Path, size: str, steps: int, run: str, **extra: Any) -> CPTJo
 def bench_step_time(work: Path, size: str, steps: int = 40, warmup: int = 5) -> dict[str, Any]:
     spec = spec_for(work, size, steps + warmup, str(work / f"run-step-{size}") + "/")
     prepared = prepare(spec.resolved(), Storage()).sources
-    stamps: dict[int, float] = {}
+    times = StepTimes()
+    stamps = times.stamps
     batches: list[Any] = []
-
-    def record(trainer: Trainer) -> None:
-        stamps[trainer.step] = time.perf_counter()
-
-    trainer = Trainer(spec, prepared, S3Settings(), RunContext(job=f"bench-{size}"), on_step=record)
+    trainer = Trainer(spec, prepared, S3Settings(), RunContext(job=f"bench-{size}"), hooks=[times])
     trainer.setup()
     # The same batches for the bare loop.
     for step in range(steps + warmup):
         for micro in range(trainer.accumulation):
-            batches.append(trainer.loader.micro_batch(step, micro))
+            batches.append(trainer.data.loader.micro_batch(step, micro))
     trainer.fit()
     ours = (steps) / (stamps[steps + warmup] - stamps[warmup])
 
@@ -144,7 +143,7 @@ def bench_step_time(work: Path, size: str, steps: int = 40, warmup: int = 5) -> 
 
 
 def bench_ray(work: Path) -> dict[str, Any]:
-    from cpt_operator.api.validation import parse_job
+    from cpt_core.api.validation import parse_job
     from cpt_trainer.launch import LaunchOptions, run_job
     from cpt_trainer.local_ray import local_ray
 
@@ -182,13 +181,10 @@ def bench_ray(work: Path) -> dict[str, Any]:
             "checkpoint": {**doc["spec"]["checkpoint"], "uri": str(work / "run-noray") + "/"},
         }
     )
-    stamps: dict[int, float] = {}
+    times = StepTimes()
+    stamps = times.stamps
     trainer = Trainer(
-        spec,
-        prepare(spec.resolved(), Storage()).sources,
-        S3Settings(),
-        RunContext(job="bench-noray"),
-        on_step=lambda t: stamps.__setitem__(t.step, time.perf_counter()),
+        spec, prepare(spec.resolved(), Storage()).sources, S3Settings(), RunContext(job="bench-noray"), hooks=[times]
     )
     trainer.setup()
     trainer.fit()
@@ -217,9 +213,8 @@ def bench_checkpoint(work: Path) -> dict[str, Any]:
         store = CheckpointStore(Storage(settings), spec.checkpoint.uri)
         results = []
         for i in range(3):
-            trainer.step = 100 + i
             t0 = time.perf_counter()
-            pending = store.save(trainer.engine, trainer.step, trainer.rank_state())
+            pending = store.save(trainer.engine, 100 + i, {"rng": RNGState().state_dict()})
             stall = time.perf_counter() - t0
             local_files = [p for p in pending.local_dir.rglob("*") if p.is_file()]
             pending.thread.join()

@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT))
 
 from cpt_operator.controller.builders import dump_yaml  # noqa: E402
 
-from tests.support.chart import render  # noqa: E402
+from devkit.chart import render  # noqa: E402
 
 HEADER = "# Generated from charts/cpt-operator by `make manifests` -- do not edit.\n"
 LAYOUT = {

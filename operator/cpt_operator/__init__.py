@@ -1,9 +1,10 @@
-"""cpt-operator: continued pre-training of language models, Kubernetes-native.
+"""cpt_operator: the control plane. A kopf operator that turns CPTJobs into KubeRay RayJobs.
 
-`cpt_operator.api` holds the CPTJob API (typed models, CRD generation, validation),
-`cpt_operator.storage` the storage layer shared with the trainer, `cpt_operator.cli` the
-`cpt` command. The kopf control plane lives in `cpt_operator.controller` and is only
-imported by `cpt operator`.
+It imports the shared contract from `cpt_core` and never the trainer (`cpt_trainer`).
+`cpt_operator.controller` holds the handlers, the pure state machine and builders, preflight
+and metrics; `cpt_operator.cli` the `cpt operator` and `cpt render` commands.
 """
 
-__version__ = "0.1.0"
+from cpt_core import __version__
+
+__all__ = ["__version__"]

@@ -73,7 +73,7 @@ def test_tiny_job_succeeds_with_an_in_process_operator(s3_port_forward: str) -> 
             "CPT_OPERATOR_POLL_SECONDS": "5",
         }
     )
-    args = ["run", "--standalone", "--namespace=ml-team", "-m", "cpt_operator.controller.kopf_main"]
+    args = ["run", "--standalone", "--namespace=ml-team", "-m", "tests.support.kopf_main"]
     with KopfRunner(args, timeout=60) as runner:
         subprocess.run(["kubectl", "apply", "-f", "-"], input=manifest, text=True, check=True)
         deadline = time.monotonic() + 1800

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.jobs import TINY_MODEL, tiny_job_doc
+from devkit.jobs import TINY_MODEL, tiny_job_doc
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -24,7 +24,7 @@ def write_job(path: Path, **spec: object) -> Path:
 
 def cpt_run(job: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cpt_operator.cli", "run", str(job)],
+        [sys.executable, "-m", "cpt_core.cli", "run", str(job)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -46,7 +46,7 @@ def test_cpt_run_trains_reports_and_resumes(tmp_path: Path) -> None:
     summary = json.loads((run / "report" / "summary.json").read_text())
     assert summary["domainLossAfter"] < summary["domainLossBefore"]
     progress = json.loads((run / "_status" / "progress.json").read_text())
-    assert progress["state"] == "succeeded" and progress["step"] == 30
+    assert progress["state"] == "succeeded" and progress["progress"]["step"] == 30
 
     again = cpt_run(job)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from cpt_operator.storage import Storage
+from cpt_core.storage import Storage
 from cpt_trainer.model import build_model
 
-from tests.support.jobs import tiny_job
+from devkit.jobs import tiny_job
 
 
 def test_gguf_model_trains_and_saves_as_a_plain_float_model(tmp_path: Path) -> None:

@@ -12,13 +12,13 @@ from typing import Any
 
 import kopf
 import pytest
-from cpt_operator.api.progress import CheckpointRef, EvalResult, Progress
-from cpt_operator.controller.app import OperatorThread
+from cpt_core.api.progress import CheckpointRef, EvalResult, EvaluationStatus, OutputStatus, Progress, TrainingProgress
 from cpt_operator.controller.settings import OperatorSettings
 
-from tests.support.k8s_emulator import CONFIGMAPS, CPTJOBS, EVENTS, RAYJOBS, EmulatorThread
-from tests.support.operator_env import cluster_job, create_secret, start_cluster, upload_example_data, wait_for
-from tests.support.seaweed import SeaweedS3
+from devkit.cluster import cluster_job, create_secret, start_cluster, upload_example_data, wait_for
+from devkit.k8s_emulator import CONFIGMAPS, CPTJOBS, EVENTS, RAYJOBS, EmulatorThread
+from devkit.seaweed import SeaweedS3
+from tests.support.operator_runner import OperatorThread
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,12 @@ def events_for(cluster: EmulatorThread, name: str) -> list[tuple[str, str]]:
     return [(e["type"], e["reason"]) for e in cluster.list(EVENTS, "ml") if e["involvedObject"]["name"] == name]
 
 
-def write_progress(s3: SeaweedS3, name: str, progress: Progress) -> None:
+def write_progress(
+    cluster: EmulatorThread, s3: SeaweedS3, name: str, state: str, attempt: int = 1, **sections: Any
+) -> None:
+    """What the trainer of `name`'s current incarnation would write (job, uid and attempt are its own)."""
+    uid = cluster.get(CPTJOBS, "ml", name)["metadata"]["uid"]
+    progress = Progress(job=name, uid=uid, attempt=attempt, state=state, **sections)  # type: ignore[arg-type]
     s3.client().put_object(Bucket=s3.bucket, Key=f"runs/{name}/_status/progress.json", Body=progress.to_json().encode())
 
 
@@ -89,40 +94,29 @@ def test_create_starts_a_rayjob_and_mirrors_progress_to_success(
 
     set_rayjob_status(cluster, "happy-a1", "Running", "RUNNING", dashboardURL="http://head:8265")
     write_progress(
+        cluster,
         s3,
         "happy",
-        Progress(
-            job="happy",
-            attempt=1,
-            state="running",
-            step=12,
-            total_steps=30,
-            tokens=12288,
-            loss=3.5,
-            lr=1e-3,
+        "running",
+        progress=TrainingProgress(step=12, total_steps=30, tokens=12288, loss=3.5, lr=1e-3, updated_at="t"),
+        evaluation=EvaluationStatus(
             baseline=EvalResult(step=0, domain_loss=7.6, general_loss=7.6),
-            evaluation=EvalResult(step=10, domain_loss=5.0, general_loss=7.3),
+            latest=EvalResult(step=10, domain_loss=5.0, general_loss=7.3),
             general_loss_increase=-0.04,
-            checkpoint=CheckpointRef(step=10, uri=f"s3://{s3.bucket}/runs/happy/step-00000010/", time="t", attempt=1),
-            updated_at="2026-11-27T12:00:00Z",
         ),
+        checkpoint=CheckpointRef(step=10, uri=f"s3://{s3.bucket}/runs/happy/step-00000010/", time="t", attempt=1),
     )
     st = wait_for(lambda: status(cluster, "happy").get("progress", {}).get("step") == 12 and status(cluster, "happy"))
     assert st["phase"] == "Running" and st["dashboardURL"] == "http://head:8265"
     assert st["evaluation"]["generalLossIncrease"] == -0.04 and st["checkpoint"]["step"] == 10
 
     write_progress(
+        cluster,
         s3,
         "happy",
-        Progress(
-            job="happy",
-            attempt=1,
-            state="succeeded",
-            step=30,
-            total_steps=30,
-            model_uri=f"s3://{s3.bucket}/runs/happy/final/",
-            updated_at="t",
-        ),
+        "succeeded",
+        progress=TrainingProgress(step=30, total_steps=30),
+        output=OutputStatus(model_uri=f"s3://{s3.bucket}/runs/happy/final/"),
     )
     set_rayjob_status(cluster, "happy-a1", "Complete", "SUCCEEDED")
     st = wait_for(phase_is(cluster, "happy", "Succeeded"), what="Succeeded")
@@ -180,17 +174,12 @@ def test_failed_attempt_restarts_from_the_checkpoint(
     cluster.create(CPTJOBS, cluster_job(s3, "flaky", runPolicy={"maxRestarts": 1}))
     wait_for(lambda: cluster.get(RAYJOBS, "ml", "flaky-a1"))
     write_progress(
+        cluster,
         s3,
         "flaky",
-        Progress(
-            job="flaky",
-            attempt=1,
-            state="running",
-            step=10,
-            total_steps=30,
-            checkpoint=CheckpointRef(step=10, uri="s3://x/step-00000010/", time="t", attempt=1),
-            updated_at="t",
-        ),
+        "running",
+        progress=TrainingProgress(step=10, total_steps=30),
+        checkpoint=CheckpointRef(step=10, uri="s3://x/step-00000010/", time="t", attempt=1),
     )
     set_rayjob_status(cluster, "flaky-a1", "Running", "RUNNING")
     wait_for(phase_is(cluster, "flaky", "Running"))
@@ -239,7 +228,7 @@ def test_delete_garbage_collects_children_and_keeps_s3_data(
     create_secret(cluster, s3)
     cluster.create(CPTJOBS, cluster_job(s3, "doomed"))
     wait_for(lambda: cluster.get(RAYJOBS, "ml", "doomed-a1"))
-    write_progress(s3, "doomed", Progress(job="doomed", attempt=1, state="running", updated_at="t"))
+    write_progress(cluster, s3, "doomed", "running")
     cluster.delete(CPTJOBS, "ml", "doomed")
     wait_for(
         lambda: (
@@ -269,7 +258,7 @@ def test_operator_calls_only_what_the_chart_grants(cluster: EmulatorThread, oper
     HTTP): each one the operator made, kopf's included, is declared in API_CALLS and granted by the chart."""
     from cpt_operator.controller.kube import API_CALLS
 
-    from tests.support.chart import granted
+    from devkit.chart import granted
 
     made = cluster.emulator.requests_seen
     assert {("ray.io", "rayjobs", "create"), ("cpt.dev", "cptjobs", "watch")} <= made

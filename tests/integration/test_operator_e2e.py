@@ -12,13 +12,14 @@ from collections.abc import Iterator
 
 import kopf
 import pytest
-from cpt_operator.controller.app import OperatorThread
 from cpt_operator.controller.settings import OperatorSettings
 
-from tests.support.k8s_emulator import CPTJOBS, EVENTS, EmulatorThread
-from tests.support.kuberay_standin import KubeRayStandIn
-from tests.support.operator_env import cluster_job, create_secret, start_cluster, upload_example_data, wait_for
-from tests.support.seaweed import SeaweedS3
+from devkit.cluster import cluster_job, create_secret, start_cluster, upload_example_data, wait_for
+from devkit.k8s_emulator import CPTJOBS, EVENTS, EmulatorThread
+from devkit.kuberay_standin import KubeRayStandIn
+from devkit.seaweed import SeaweedS3
+from tests.support.faults import fault_env
+from tests.support.operator_runner import OperatorThread
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +31,7 @@ def stack(s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
 
     # Attempt 1 of "resilient" crashes at step 24 (after committing step 16), also after Ray Train's
     # in-attempt worker restart: the attempt fails and the operator must start attempt 2.
-    faults = {"resilient-a1": {"CPT_FAULT": "raise_at_step=24"}}
+    faults = {"resilient-a1": fault_env("raise_at_step=24")}
     standin = KubeRayStandIn(cluster, tmp_path_factory.mktemp("kuberay"), extra_env=faults).start()
     settings = OperatorSettings(poll_seconds=1, metrics_port=0, health_port=0, trainer_image="cpt-trainer:test")
     operator = OperatorThread(settings, login=kopf.ConnectionInfo(server=cluster.url)).start()
@@ -95,7 +96,7 @@ def test_cptjob_trains_to_success_through_the_operator(
     assert st["phase"] == "Succeeded", (st, _log(standin, "tiny-e2e-a1"))
     assert st["progress"]["step"] == 20 and st["progress"]["loss"] > 0
     assert st["checkpoint"]["step"] == 20 and st["checkpoint"]["uri"].endswith("step-00000020/")
-    assert st["evaluation"]["domainLoss"] < st["evaluation"]["domainLossBaseline"]
+    assert st["evaluation"]["latest"]["domainLoss"] < st["evaluation"]["baseline"]["domainLoss"]
     assert st["output"]["modelUri"] == f"s3://{s3.bucket}/runs/tiny-e2e/final/"
     assert _exists(s3, "runs/tiny-e2e/final/model.safetensors")
     assert {s["name"] for s in st["data"]["sources"]} == {"veloria", "general"}

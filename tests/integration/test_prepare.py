@@ -11,15 +11,15 @@ from typing import Any
 import numpy as np
 import pytest
 import zstandard
-from cpt_operator.api.v1alpha1 import CPTJobSpec
-from cpt_operator.storage import S3Settings, Storage
+from cpt_core.api.v1alpha1 import CPTJobSpec
+from cpt_core.storage import S3Settings, Storage
 from cpt_trainer.data import BlendedSampler, DataError, RankLoader, SourceInfo, build_sampler, prepare
 from cpt_trainer.data.prepare import PreparedSource
 from cpt_trainer.data.tokenize import DOC_START, DocumentTokenizer
 from cpt_trainer.sources import ModelSourceError, load_tokenizer
 
-from tests.support.jobs import TINY_MODEL, tiny_job, write_numbered_corpus
-from tests.support.seaweed import SeaweedS3
+from devkit.jobs import TINY_MODEL, tiny_job, write_numbered_corpus
+from devkit.seaweed import SeaweedS3
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +68,8 @@ def test_prepare_writes_shards_and_a_second_run_does_no_tokenization(
     source = first.sources[0]
     assert not source.cache_hit and source.tokenized_documents == 120
     manifest = source.manifest
-    assert manifest["documents"] == 120 and manifest["holdout"]["documents"] == 20
-    assert manifest["train"]["rows"] * 64 == manifest["train"]["tokens"]
+    assert manifest.documents == 120 and manifest.holdout.documents == 20
+    assert manifest.train.rows * 64 == manifest.train.tokens
     shard_files = sorted((Path(source.uri.removeprefix("file://"))).glob("*.bin"))
     before = {p.name: p.stat().st_mtime_ns for p in shard_files}
 
@@ -127,8 +127,7 @@ def test_ray_data_prepare_equals_in_process(tmp_path: Path, tokenizer: Any) -> N
     with local_ray(num_cpus=2):
         distributed = prepare(ray_spec, storage, tokenizer=tokenizer, use_ray=True, parallelism=2).sources[0]
     assert distributed.tokenized_documents == 120
-    strip = lambda m: {k: v for k, v in m.items() if k != "createdAt"}  # noqa: E731
-    assert strip(distributed.manifest) == strip(local.manifest)
+    assert distributed.manifest.model_dump(exclude={"created_at"}) == local.manifest.model_dump(exclude={"created_at"})
     for name in ("train-00000.bin", "holdout-00000.bin"):
         a = Path(local.uri.removeprefix("file://")) / name
         b = Path(distributed.uri.removeprefix("file://")) / name
@@ -159,7 +158,7 @@ def test_prepare_on_s3_and_load_rows_from_s3(tmp_path: Path, tokenizer: Any, s3_
     assert prepare(spec, storage, tokenizer=tokenizer).sources[0].cache_hit
 
     local = prepare(local_spec, Storage(), tokenizer=tokenizer).sources[0]
-    assert remote.manifest["train"] == local.manifest["train"]
+    assert remote.manifest.train == local.manifest.train
     # Same rows, same sampler (the fingerprints differ only because the listings' URIs do).
     sampler = BlendedSampler([SourceInfo("numbered", 1, local.rows, "same")], seed=1)
     loaders = [
@@ -224,13 +223,13 @@ def test_all_formats_are_read(tmp_path: Path, tokenizer: Any) -> None:
         (tmp_path / "txt" / f"{i}.txt").write_text(text)
     storage = Storage()
     jsonl = prepare(_spec_for(tmp_path, [str(d) + "/"]), storage, tokenizer=tokenizer).sources[0].manifest
-    assert jsonl["documents"] == 15 and jsonl["ignoredFileCount"] == 1
+    assert jsonl.documents == 15 and jsonl.ignored_file_count == 1
     parquet = prepare(
         _spec_for(tmp_path, [str(tmp_path / "d.parquet")], format="parquet"), storage, tokenizer=tokenizer
     )
-    assert parquet.sources[0].manifest["documents"] == 4
+    assert parquet.sources[0].manifest.documents == 4
     text = prepare(_spec_for(tmp_path, [str(tmp_path / "txt") + "/"], format="text"), storage, tokenizer=tokenizer)
-    assert text.sources[0].manifest["documents"] == 3
+    assert text.sources[0].manifest.documents == 3
 
 
 @pytest.mark.parametrize(
@@ -265,9 +264,9 @@ def test_skip_malformed_counts_and_records_examples(tmp_path: Path, tokenizer: A
         .sources[0]
         .manifest
     )
-    assert manifest["documents"] == 6
-    assert manifest["skipped"]["malformed"] == 2 and manifest["skipped"]["empty"] == 1
-    assert [e["line"] for e in manifest["skipped"]["examples"]] == [7, 8]
+    assert manifest.documents == 6
+    assert manifest.skipped.malformed == 2 and manifest.skipped.empty == 1
+    assert [e.line for e in manifest.skipped.examples] == [7, 8]
 
 
 def test_empty_and_missing_sources_are_clear_errors(tmp_path: Path, tokenizer: Any) -> None:

@@ -17,14 +17,15 @@ from typing import Any
 
 import pytest
 import torch
-from cpt_operator.api.v1alpha1 import CPTJob
-from cpt_operator.api.validation import parse_job
-from cpt_operator.storage import S3Settings, Storage
+from cpt_core.api.v1alpha1 import CPTJob
+from cpt_core.api.validation import parse_job
+from cpt_core.storage import S3Settings, Storage
 from cpt_trainer.checkpoint import COMMITTED, STATE_FILE, CheckpointStore
 from cpt_trainer.launch import LaunchOptions, run_job
 
-from tests.support.jobs import tiny_job_doc
-from tests.support.seaweed import SeaweedS3
+from devkit.jobs import tiny_job_doc
+from devkit.seaweed import SeaweedS3
+from tests.support.faults import fault_env
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +73,7 @@ def options(max_failures: int = 0) -> LaunchOptions:
 def final_losses(storage: Storage, job: CPTJob) -> dict[int, float]:
     latest = CheckpointStore(storage, job.spec.checkpoint.uri).latest_committed()
     assert latest is not None
-    return {int(k): v for k, v in latest.state["losses"].items()}
+    return {int(k): v for k, v in latest.state["train"]["losses"].items()}
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,7 @@ def test_checkpoints_and_export_land_on_s3(
     from transformers import AutoModelForCausalLM
 
     job, progress = uninterrupted
-    assert progress is not None and progress.state == "succeeded" and progress.step == 8
+    assert progress is not None and progress.state == "succeeded" and progress.progress.step == 8
     storage = Storage(S3Settings.from_spec(job.spec.storage, ray_cluster.env()))
     run = job.spec.checkpoint.uri
     keys = {o.location.key.removeprefix(f"runs/{job.metadata.name}/") for o in storage.list_objects(run)}
@@ -97,7 +98,7 @@ def test_checkpoints_and_export_land_on_s3(
         # Both ranks' optimizer shards are in the checkpoint.
         assert {f"step-{step:08d}/ckpt/zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= keys
     assert "final/model.safetensors" in keys and "report/loss.png" in keys
-    assert progress.model_uri == f"{run}final/"
+    assert progress.output.model_uri == f"{run}final/"
 
     # The export equals the trained weights of the last checkpoint.
     storage.download_dir(f"{run}final/", tmp_path / "final")
@@ -119,11 +120,11 @@ def test_killed_worker_resumes_from_the_last_checkpoint_with_identical_losses(
 
     marker = tmp_path / "killed"
     job = job_on_s3(ray_cluster, "ray-killed")
-    fault = {"CPT_FAULT": f"kill_rank=1,after_commit=4,marker={marker}"}
+    fault = fault_env(f"kill_rank=1,after_commit=4,marker={marker}")
     opts = LaunchOptions(2, False, {"CPU": 0.5}, max_failures=1, cpu_threads=1, worker_env=fault)
     progress = run_job(job, opts, attempt=1, storage_path=str(tmp_path / "ray-results"))
     assert marker.exists(), "the fault was not injected"
-    assert progress is not None and progress.state == "succeeded" and progress.step == 8
+    assert progress is not None and progress.state == "succeeded" and progress.progress.step == 8
     resumed = final_losses(storage, job)
     assert sorted(resumed) == list(range(1, 9))
     for step in range(1, 9):
@@ -148,4 +149,4 @@ def test_zero3_with_two_workers_exports_a_loadable_model(ray_cluster: SeaweedS3,
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([[1, 2, 3]])).logits
     assert torch.isfinite(logits).all()
-    assert progress.evaluation.domain_loss < progress.baseline.domain_loss
+    assert progress.evaluation.latest.domain_loss < progress.evaluation.baseline.domain_loss

@@ -6,10 +6,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from cpt_operator.api.v1alpha1 import StorageSpec
-from cpt_operator.storage import AccessDenied, NotFound, S3Settings, Storage, Unreachable, parse_uri
+from cpt_core.api.v1alpha1 import StorageSpec
+from cpt_core.storage import AccessDenied, NotFound, S3Settings, Storage, Unreachable, parse_uri
 
-from tests.support.seaweed import SeaweedS3
+from devkit.seaweed import SeaweedS3
 
 
 @pytest.fixture(params=["local", "s3"])

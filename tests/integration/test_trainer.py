@@ -7,29 +7,28 @@ also how torchrun runs it.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from cpt_operator.api.progress import Progress
-from cpt_operator.api.v1alpha1 import CPTJobSpec
-from cpt_operator.storage import S3Settings, Storage
+from cpt_core.api.progress import Progress
+from cpt_core.api.v1alpha1 import CPTJobSpec
+from cpt_core.storage import S3Settings, Storage
 from cpt_trainer.checkpoint import COMMITTED, CheckpointStore, FencedOut, IdentityMismatch
 from cpt_trainer.data import SamplerStateMismatch, prepare
 from cpt_trainer.engine import init_distributed_single_process
-from cpt_trainer.faults import InjectedFault
+from cpt_trainer.hooks import TrainerHooks
 from cpt_trainer.sources import ModelSourceError
 from cpt_trainer.trainer import RunContext, Trainer
 
-from tests.support.jobs import tiny_job
+from devkit.jobs import tiny_job
+from tests.support.faults import Faults, InjectedFault
 
 
 @pytest.fixture(scope="module", autouse=True)
 def process_group() -> None:
-    os.environ.pop("CPT_FAULT", None)
     init_distributed_single_process()
 
 
@@ -56,19 +55,27 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
             base[key] = value
 
 
-def make_trainer(
-    spec: CPTJobSpec, attempt: int = 1, job: str = "t", record: list[Any] | None = None, **hooks: Any
-) -> Trainer:
+class Record(TrainerHooks):
+    """Remembers (step, loss) of every step this process trained."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, float]] = []
+
+    def after_step(self, trainer: Any) -> None:
+        self.seen.append((trainer.state.step, trainer.state.losses[trainer.state.step]))
+
+
+class AfterStep(TrainerHooks):
+    def __init__(self, action: Any) -> None:
+        self.action = action
+
+    def after_step(self, trainer: Any) -> None:
+        self.action(trainer)
+
+
+def make_trainer(spec: CPTJobSpec, attempt: int = 1, job: str = "t", hooks: tuple[TrainerHooks, ...] = ()) -> Trainer:
     prepared = prepare(spec.resolved(), Storage()).sources
-    on_step = hooks.get("on_step")
-    if record is not None:
-
-        def on_step(trainer: Trainer) -> None:
-            record.append((trainer.step, trainer.losses[trainer.step]))
-            if hooks.get("on_step"):
-                hooks["on_step"](trainer)
-
-    trainer = Trainer(spec, prepared, S3Settings(), RunContext(attempt=attempt, job=job), on_step=on_step)
+    trainer = Trainer(spec, prepared, S3Settings(), RunContext(attempt=attempt, job=job), hooks=hooks)
     trainer.setup()
     return trainer
 
@@ -77,28 +84,26 @@ def read_progress(run: Path) -> Progress:
     return Progress.model_validate_json((run / "_status" / "progress.json").read_text())
 
 
-def test_interrupted_run_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_run_resumes_exactly(tmp_path: Path) -> None:
     reference = make_trainer(spec_for(tmp_path / "a")).fit()
     assert reference.state == "succeeded" and len(reference.losses) == 8
 
     run = tmp_path / "b"
-    monkeypatch.setenv("CPT_FAULT", "raise_at_step=5")
-    first = make_trainer(spec_for(run))
+    first = make_trainer(spec_for(run), hooks=(Faults(raise_at_step=5),))
     with pytest.raises(InjectedFault):
         first.fit()
-    first.finish_commit()  # what a crash would leave is at most an uncommitted upload
-    monkeypatch.delenv("CPT_FAULT")
+    first.checkpointer.finish()  # what a crash would leave is at most an uncommitted upload
     assert CheckpointStore(Storage(), str(run)).latest_committed().step == 4
 
-    seen: list[Any] = []
-    resumed = make_trainer(spec_for(run), attempt=2, record=seen)
+    record = Record()
+    resumed = make_trainer(spec_for(run), attempt=2, hooks=(record,))
     assert resumed.step == 4
     # The next sample is the one the uninterrupted run took at step 5.
-    next_batch = resumed.loader.micro_batch(4, 0)
+    next_batch = resumed.data.loader.micro_batch(4, 0)
     assert next_batch.indices.tolist() == reference_indices(spec_for(tmp_path / "a"), step=4)
     outcome = resumed.fit()
     assert outcome.state == "succeeded"
-    assert [s for s, _ in seen] == [5, 6, 7, 8]
+    assert [s for s, _ in record.seen] == [5, 6, 7, 8]
     for step in range(5, 9):
         assert outcome.losses[step] == pytest.approx(reference.losses[step], abs=1e-6), step
     # Steps before the interruption come from the checkpoint's history.
@@ -131,7 +136,7 @@ def test_export_loads_with_transformers_and_has_equal_logits(tmp_path: Path, zer
         loaded = exported(input_ids=ids).logits
     assert torch.allclose(trained, loaded, atol=1e-5), (trained - loaded).abs().max()
     progress = read_progress(tmp_path / "run")
-    assert progress.state == "succeeded" and progress.model_uri == f"file://{final}/"
+    assert progress.state == "succeeded" and progress.output.model_uri == f"file://{final}/"
     assert (tmp_path / "run" / "report" / "loss.png").read_bytes()[:4] == b"\x89PNG"
     metrics = [json.loads(line) for line in (tmp_path / "run" / "report" / "metrics.jsonl").read_text().splitlines()]
     assert {m["kind"] for m in metrics} == {"train", "eval"}
@@ -171,16 +176,15 @@ def test_forgetting_stop_checkpoints_and_ends_stopped(tmp_path: Path) -> None:
     assert outcome.step < 40
     progress = read_progress(tmp_path / "cpt")
     assert progress.state == "stopped" and progress.reason == "ForgettingDetected"
-    assert progress.forgetting_detected and progress.general_loss_increase > 0.02
+    assert progress.evaluation.forgetting_detected and progress.evaluation.general_loss_increase > 0.02
     assert progress.checkpoint is not None and progress.checkpoint.step == outcome.step
     assert (tmp_path / "cpt" / f"step-{outcome.step:08d}" / COMMITTED).exists()
     assert not (tmp_path / "cpt" / "final").exists()
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    monkeypatch.setenv("CPT_FAULT", "nan_at_step=5")
-    trainer = make_trainer(spec_for(run))
+    trainer = make_trainer(spec_for(run), hooks=(Faults(nan_at_step=5),))
     outcome = trainer.fit()
     assert outcome.state == "failed" and outcome.reason == "NonFiniteLoss"
     progress = read_progress(run)
@@ -247,7 +251,7 @@ def test_an_older_attempt_is_fenced_out(tmp_path: Path) -> None:
         if trainer.step == 3:
             CheckpointStore(Storage(), str(run)).claim("t", None, attempt=7)
 
-    trainer = make_trainer(spec_for(run), on_step=takeover)
+    trainer = make_trainer(spec_for(run), hooks=(AfterStep(takeover),))
     outcome = trainer.fit()
     assert outcome.state == "failed" and outcome.reason == "FencedOut"
     committed = CheckpointStore(Storage(), str(run)).committed_steps()
@@ -256,12 +260,10 @@ def test_an_older_attempt_is_fenced_out(tmp_path: Path) -> None:
         make_trainer(spec_for(run), attempt=6)
 
 
-def test_resume_with_changed_mixture_is_refused_unless_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_with_changed_mixture_is_refused_unless_allowed(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    monkeypatch.setenv("CPT_FAULT", "raise_at_step=3")
     with pytest.raises(InjectedFault):
-        make_trainer(spec_for(run)).fit()
-    monkeypatch.delenv("CPT_FAULT")
+        make_trainer(spec_for(run), hooks=(Faults(raise_at_step=3),)).fit()
     changed = {
         "sources": [{**s.wire(), "weight": w} for s, w in zip(tiny_job().spec.data.sources, (80, 20), strict=True)]
     }
@@ -270,7 +272,7 @@ def test_resume_with_changed_mixture_is_refused_unless_allowed(tmp_path: Path, m
     allowed = make_trainer(spec_for(run, data={**changed, "allowChangesOnResume": True}), attempt=3)
     assert allowed.step == 2
     assert allowed.fit().state == "succeeded"
-    assert read_progress(run).resumed_with_changes
+    assert read_progress(run).data.resumed_with_changes
 
 
 def test_tokenizer_model_mismatch_is_a_clear_error(tmp_path: Path) -> None:
@@ -288,10 +290,10 @@ def test_progress_accounting(tmp_path: Path) -> None:
     run = tmp_path / "run"
     make_trainer(spec_for(run, training={"steps": 4})).fit()
     progress = read_progress(run)
-    consumed = {s.name: s.tokens_consumed for s in progress.data}
-    assert sum(consumed.values()) == progress.tokens == 4 * 512
-    assert consumed["veloria"] == pytest.approx(0.9 * progress.tokens, abs=128)
-    assert np.isfinite(progress.baseline.domain_loss) and progress.evaluation.step == 4
+    consumed = {s.name: s.tokens_consumed for s in progress.data.sources}
+    assert sum(consumed.values()) == progress.progress.tokens == 4 * 512
+    assert consumed["veloria"] == pytest.approx(0.9 * progress.progress.tokens, abs=128)
+    assert np.isfinite(progress.evaluation.baseline.domain_loss) and progress.evaluation.latest.step == 4
 
 
 def test_lora_run_exports_merged_weights(tmp_path: Path) -> None:

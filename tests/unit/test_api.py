@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
-from cpt_operator.api import v1alpha1 as api
-from cpt_operator.api.validation import InvalidJob, load_job, parse_job, validate
+from cpt_core.api import v1alpha1 as api
+from cpt_core.api.validation import InvalidJob, load_job, parse_job, validate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -222,7 +222,7 @@ def test_spec_trainer_part_imports_without_torch_or_ray() -> None:
     import sys
 
     code = (
-        "import sys; import cpt_operator.api.validation, cpt_operator.storage, cpt_operator.cli;"
+        "import sys; import cpt_core.api.validation, cpt_core.storage, cpt_core.cli;"
         "bad = [m for m in ('torch', 'ray', 'kopf', 'transformers', 'deepspeed') if m in sys.modules];"
         "assert not bad, bad"
     )

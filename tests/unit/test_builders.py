@@ -9,12 +9,12 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from cpt_operator.api.validation import parse_job
+from cpt_core.api.validation import parse_job
 from cpt_operator.controller.builders import QUEUE_LABEL, build_configmap, build_rayjob, dump_yaml
 from cpt_operator.controller.names import RAYJOB_NAME_MAX, configmap_name, is_dns1035, rayjob_name
 from cpt_operator.controller.settings import OperatorSettings
 
-from tests.support.operator_env import rayjob_schema
+from devkit.cluster import rayjob_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -134,7 +134,7 @@ def test_cpt_render_prints_both_objects(tmp_path: Path) -> None:
     import sys
 
     out = subprocess.run(
-        [sys.executable, "-m", "cpt_operator.cli", "render", str(ROOT / "examples" / "local-tiny.yaml")],
+        [sys.executable, "-m", "cpt_core.cli", "render", str(ROOT / "examples" / "local-tiny.yaml")],
         capture_output=True,
         text=True,
         check=True,

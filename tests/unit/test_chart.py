@@ -11,11 +11,11 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from cpt_operator.api.crd import crd, helm_crd_template
+from cpt_core.api.crd import crd, helm_crd_template
 from cpt_operator.controller.builders import dump_yaml
 from cpt_operator.controller.kube import API_CALLS
 
-from tests.support.chart import CHART, granted, helm, render
+from devkit.chart import CHART, granted, helm, render
 
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
 SNAPSHOT = Path(__file__).parent / "snapshots" / "chart-default.yaml"

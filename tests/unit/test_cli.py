@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def cpt(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cpt_operator.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "cpt_core.cli", *args], capture_output=True, text=True)
 
 
 def test_all_examples_are_valid() -> None:

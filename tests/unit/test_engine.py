@@ -6,7 +6,7 @@ import pytest
 import torch
 from cpt_trainer.engine import GeometryError, batch_geometry, deepspeed_config
 
-from tests.support.jobs import tiny_job
+from devkit.jobs import tiny_job
 
 
 def test_geometry_derives_gradient_accumulation() -> None:

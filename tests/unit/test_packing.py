@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cpt_operator.storage import Storage, parse_uri
+from cpt_core.storage import Storage, parse_uri
 from cpt_trainer.data.documents import DataError, Document
 from cpt_trainer.data.loader import IGNORE_INDEX, to_model_inputs
 from cpt_trainer.data.shards import RowPacker, ShardLayout, ShardReader, ShardWriter

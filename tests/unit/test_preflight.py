@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cpt_operator.controller.preflight import check_secret, check_storage
 
-from tests.support.jobs import tiny_job
+from devkit.jobs import tiny_job
 
 
 def job(**spec: object):

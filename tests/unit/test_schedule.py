@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from cpt_operator.api.v1alpha1 import Schedule
+from cpt_core.api.v1alpha1 import Schedule
 from cpt_trainer.schedule import lr_at
 
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from cpt_operator.api.progress import CheckpointRef, EvalResult, Progress
-from cpt_operator.api.v1alpha1 import CPTJob, CPTJobStatus, Phase
+from cpt_core.api.progress import CheckpointRef, EvalResult, EvaluationStatus, OutputStatus, Progress, TrainingProgress
+from cpt_core.api.v1alpha1 import CPTJob, CPTJobStatus, Phase
+from cpt_core.reasons import Reason
 from cpt_operator.controller.state import (
     CreateAttempt,
     DeleteRayJob,
@@ -19,9 +20,9 @@ from cpt_operator.controller.state import (
     reconcile,
 )
 
-from tests.support.jobs import tiny_job
+from devkit.jobs import tiny_job
 
-NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
+NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.timezone.utc)
 OK = PreflightResult(True)
 
 
@@ -50,17 +51,18 @@ def rayjob(
 
 
 def progress(state: str = "running", attempt: int = 1, **extra: Any) -> Progress:
-    return Progress(
-        job="legal",
-        attempt=attempt,
-        state=state,
+    training = TrainingProgress(
         step=extra.pop("step", 12),
-        total_steps=30,  # type: ignore[arg-type]
+        total_steps=30,
         tokens=12288,
         loss=3.2,
+        tokens_per_second=extra.pop("tokens_per_second", None),
+        eta_seconds=extra.pop("eta_seconds", None),
         updated_at="2026-11-27T12:00:00Z",
-        **extra,
     )
+    if "model_uri" in extra:
+        extra["output"] = OutputStatus(model_uri=extra.pop("model_uri"))
+    return Progress(job="legal", uid="u-1", attempt=attempt, state=state, progress=training, **extra)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -82,7 +84,7 @@ CASES = [
     Case(
         "preflight fails",
         job(Phase.Pending),
-        Observed(preflight=PreflightResult(False, "SecretNotFound", "no secret"), now=NOW),
+        Observed(preflight=PreflightResult(False, Reason.SecretNotFound, "no secret"), now=NOW),
         Phase.Pending,
         event_reasons=["SecretNotFound"],
     ),
@@ -232,16 +234,23 @@ def test_progress_is_mirrored_into_status() -> None:
     p = progress(
         tokens_per_second=1000.0,
         eta_seconds=60,
-        general_loss_increase=0.02,
-        baseline=EvalResult(step=0, domain_loss=4.0, general_loss=3.0),
-        evaluation=EvalResult(step=10, domain_loss=2.0, general_loss=3.06),
+        evaluation=EvaluationStatus(
+            general_loss_increase=0.02,
+            baseline=EvalResult(step=0, domain_loss=4.0, general_loss=3.0),
+            latest=EvalResult(step=10, domain_loss=2.0, general_loss=3.06),
+        ),
         checkpoint=CheckpointRef(step=10, uri="s3://b/run/step-00000010/", time="t", attempt=1),
-        model_uri=None,
     )
     decision = reconcile(job(Phase.Preparing, 1), Observed(rayjob(), p, now=NOW))
     s = decision.status
     assert (s.progress.step, s.progress.total_steps, s.progress.loss) == (12, 30, 3.2)
-    assert (s.evaluation.domain_loss_baseline, s.evaluation.general_loss, s.evaluation.general_loss_increase) == (
+    # The status sections are the progress file's sections, as they are.
+    assert s.progress == p.progress and s.evaluation == p.evaluation and s.checkpoint == p.checkpoint
+    assert (
+        s.evaluation.baseline.domain_loss,
+        s.evaluation.latest.general_loss,
+        s.evaluation.general_loss_increase,
+    ) == (
         4.0,
         3.06,
         0.02,
@@ -258,10 +267,12 @@ def test_progress_of_an_older_attempt_is_ignored() -> None:
 
 def test_forgetting_is_flagged_once() -> None:
     p = progress(
-        forgetting_detected=True,
-        general_loss_increase=0.2,
-        baseline=EvalResult(step=0, general_loss=3.0),
-        evaluation=EvalResult(step=10, general_loss=3.6),
+        evaluation=EvaluationStatus(
+            forgetting_detected=True,
+            general_loss_increase=0.2,
+            baseline=EvalResult(step=0, general_loss=3.0),
+            latest=EvalResult(step=10, general_loss=3.6),
+        )
     )
     first = reconcile(job(Phase.Running, 1), Observed(rayjob(), p, now=NOW))
     assert conditions(first)["ForgettingDetected"] == ("True", "GeneralLossIncreased")
@@ -272,7 +283,7 @@ def test_forgetting_is_flagged_once() -> None:
 
 
 def test_repeated_preflight_failure_warns_once_and_backs_off() -> None:
-    failed = PreflightResult(False, "BucketUnreachable", "down")
+    failed = PreflightResult(False, Reason.BucketUnreachable, "down")
     first = reconcile(job(Phase.Pending), Observed(preflight=failed, now=NOW))
     second_job = job(Phase.Pending)
     second_job.status = first.status

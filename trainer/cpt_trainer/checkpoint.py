@@ -31,8 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cpt_operator.api.progress import FENCE_PATH, RUN_PATH, CheckpointRef
-from cpt_operator.storage import Location, NotFound, Storage, parse_uri
+from cpt_core.api.progress import FENCE_PATH, RUN_PATH, CheckpointRef
+from cpt_core.reasons import Reason
+from cpt_core.storage import Location, NotFound, Storage, parse_uri
+
+from .train_state import now
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +48,13 @@ _STEP_DIR = re.compile(r"^step-(\d{8})$")
 class FencedOut(RuntimeError):
     """A newer attempt owns the run directory; this attempt must stop without writing."""
 
-    reason = "FencedOut"
+    reason = Reason.FencedOut
 
 
 class IdentityMismatch(RuntimeError):
     """The run directory belongs to another job."""
 
-    reason = "CheckpointOwnedByAnotherJob"
-
-
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    reason = Reason.CheckpointOwnedByAnotherJob
 
 
 @dataclass
@@ -70,7 +69,7 @@ class Committed:
         return CheckpointRef(
             step=self.step,
             uri=str(self.location),
-            time=self.state.get("committedAt", ""),
+            time=self.state.get("committedAt"),
             attempt=int(self.state.get("attempt", 0)),
         )
 

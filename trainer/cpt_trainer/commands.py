@@ -9,10 +9,10 @@ import threading
 import time
 from typing import Any
 
-from cpt_operator.api.progress import Progress as ProgressFile
-from cpt_operator.api.progress import read_progress
-from cpt_operator.api.v1alpha1 import CPTJob
-from cpt_operator.storage import S3Settings, Storage
+from cpt_core.api.progress import Progress as ProgressFile
+from cpt_core.api.progress import read_progress
+from cpt_core.api.v1alpha1 import CPTJob
+from cpt_core.storage import S3Settings, Storage
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -36,8 +36,8 @@ def _delta(before: float | None, after: float | None) -> str:
 class ProgressWatcher:
     """Polls the progress file (the operator's contract) and renders a live progress bar."""
 
-    def __init__(self, storage: Storage, run_uri: str, attempt: int, total: int) -> None:
-        self.storage, self.run_uri, self.attempt = storage, run_uri, attempt
+    def __init__(self, storage: Storage, run_uri: str, job: str, attempt: int, total: int) -> None:
+        self.storage, self.run_uri, self.job, self.attempt = storage, run_uri, job, attempt
         self.stop = threading.Event()
         self.bar = Progress(
             TextColumn("[bold]{task.description}"),
@@ -57,22 +57,24 @@ class ProgressWatcher:
 
     def refresh(self) -> None:
         try:
-            p = read_progress(self.storage, self.run_uri)
+            p = read_progress(self.storage, self.run_uri, job=self.job, uid=None, attempt=self.attempt)
         except Exception:
             return
-        if p is None or p.attempt != self.attempt:
+        if p is None:
             return
-        info = [f"loss {_fmt(p.loss)}"]
-        if p.tokens_per_second:
-            info.append(f"{p.tokens_per_second:,.0f} tok/s")
-        if p.eta_seconds is not None and p.state == "running":
-            info.append(f"ETA {p.eta_seconds // 60}m{p.eta_seconds % 60:02d}s")
-        if p.evaluation:
-            info.append(f"domain {_fmt(p.evaluation.domain_loss, 3)} general {_fmt(p.evaluation.general_loss, 3)}")
-        if p.forgetting_detected:
+        t = p.progress
+        info = [f"loss {_fmt(t.loss)}"]
+        if t.tokens_per_second:
+            info.append(f"{t.tokens_per_second:,.0f} tok/s")
+        if t.eta_seconds is not None and p.state == "running":
+            info.append(f"ETA {t.eta_seconds // 60}m{t.eta_seconds % 60:02d}s")
+        latest = p.evaluation.latest if p.evaluation else None
+        if latest:
+            info.append(f"domain {_fmt(latest.domain_loss, 3)} general {_fmt(latest.general_loss, 3)}")
+        if p.evaluation and p.evaluation.forgetting_detected:
             info.append("[red]forgetting![/red]")
         self.bar.update(
-            self.task, completed=p.step, total=p.total_steps or None, description=p.state, info="  ".join(info)
+            self.task, completed=t.step, total=t.total_steps or None, description=p.state, info="  ".join(info)
         )
 
     def __enter__(self) -> ProgressWatcher:
@@ -91,7 +93,8 @@ def print_summary(p: ProgressFile | None) -> None:
     if p is None:
         console.print("[red]no progress was written[/red]")
         return
-    base, last = p.baseline, p.evaluation
+    evaluation = p.evaluation
+    base, last = (evaluation.baseline, evaluation.latest) if evaluation else (None, None)
     table = Table(title=f"CPT run '{p.job}' (attempt {p.attempt}): {p.state}", show_lines=False)
     table.add_column("metric")
     table.add_column("before", justify="right")
@@ -110,26 +113,20 @@ def print_summary(p: ProgressFile | None) -> None:
             _fmt(last.general_loss),
             _delta(base.general_loss, last.general_loss),
         )
-    if p.probes_before and p.probes_after:
-        table.add_row(
-            "probe F1",
-            _fmt(p.probes_before.f1, 3),
-            _fmt(p.probes_after.f1, 3),
-            f"{p.probes_after.f1 - p.probes_before.f1:+.3f}",
-        )
-        table.add_row(
-            "probe exact match", _fmt(p.probes_before.exact_match, 3), _fmt(p.probes_after.exact_match, 3), ""
-        )
+    before, after = (evaluation.probes_before, evaluation.probes_after) if evaluation else (None, None)
+    if before and after:
+        table.add_row("probe F1", _fmt(before.f1, 3), _fmt(after.f1, 3), f"{after.f1 - before.f1:+.3f}")
+        table.add_row("probe exact match", _fmt(before.exact_match, 3), _fmt(after.exact_match, 3), "")
     console.print(table)
-    console.print(f"steps {p.step}/{p.total_steps}, tokens {p.tokens:,}")
+    console.print(f"steps {p.progress.step}/{p.progress.total_steps}, tokens {p.progress.tokens:,}")
     if p.reason or p.message:
         console.print(f"[yellow]{p.reason or ''}[/yellow] {p.message or ''}")
     if p.checkpoint:
         console.print(f"last committed checkpoint: {p.checkpoint.uri} (step {p.checkpoint.step})")
-    if p.model_uri:
-        console.print(f"model:  {p.model_uri}")
-    if p.report_uri:
-        console.print(f"report: {p.report_uri} (metrics.jsonl, loss.png, summary.json)")
+    if p.output and p.output.model_uri:
+        console.print(f"model:  {p.output.model_uri}")
+    if p.output and p.output.report_uri:
+        console.print(f"report: {p.output.report_uri} (metrics.jsonl, loss.png, summary.json)")
 
 
 def exit_code(p: ProgressFile | None) -> int:
@@ -153,7 +150,10 @@ def run_local(job: CPTJob, cpus: int | None = None) -> int:
     )
     final = None
     try:
-        with local_ray(num_cpus=cpus), ProgressWatcher(storage, spec.checkpoint.uri, attempt, spec.total_steps):
+        with (
+            local_ray(num_cpus=cpus),
+            ProgressWatcher(storage, spec.checkpoint.uri, job.metadata.name, attempt, spec.total_steps),
+        ):
             final = run_job(job, options, attempt)
     except KeyboardInterrupt:
         console.print(
@@ -161,7 +161,7 @@ def run_local(job: CPTJob, cpus: int | None = None) -> int:
         )
         return 130
     except Exception as exc:
-        final = read_progress(storage, spec.checkpoint.uri)
+        final = read_progress(storage, spec.checkpoint.uri, job=job.metadata.name, uid=None, attempt=attempt)
         console.print(f"[red]training failed:[/red] {final.message if final and final.message else exc}")
         print_summary(final)
         return 1
@@ -201,7 +201,7 @@ def train_in_cluster(job: CPTJob, attempt: int, max_worker_failures: int) -> int
 
 def _ray_storage(spec: Any) -> str:
     """Ray Train's own run state; kept beside the checkpoints' run directory when it is local."""
-    from cpt_operator.storage import parse_uri
+    from cpt_core.storage import parse_uri
 
     location = parse_uri(spec.checkpoint.uri)
     if location.is_s3:

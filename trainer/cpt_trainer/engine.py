@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 import torch
-from cpt_operator.api.v1alpha1 import CPTJobSpec
+from cpt_core.api.v1alpha1 import CPTJobSpec
 
 
 class GeometryError(ValueError):

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from cpt_operator.api.v1alpha1 import CPTJobSpec
-from cpt_operator.storage import Location, Storage
+from cpt_core.api.v1alpha1 import CPTJobSpec
+from cpt_core.storage import Location, Storage
 
 from .model import DTYPES
 

@@ -20,9 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cpt_operator.api.progress import PROGRESS_PATH, Progress, read_progress
-from cpt_operator.api.v1alpha1 import CPTJob, CPTJobSpec
-from cpt_operator.storage import S3Settings, Storage
+from cpt_core.api.progress import Progress, read_progress
+from cpt_core.api.v1alpha1 import CPTJob, CPTJobSpec
+from cpt_core.reasons import Reason
+from cpt_core.storage import S3Settings, Storage
+
+from .reporter import ProgressReporter
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +91,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torch
 
     from .checkpoint import IdentityMismatch
-    from .data import DataError, PreparedSource, SamplerStateMismatch
+    from .data import DataError, SamplerStateMismatch
     from .engine import GeometryError
+    from .hooks import load_hooks
     from .sources import ModelSourceError
     from .trainer import RunContext, Trainer
 
@@ -106,24 +110,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         uid=config["uid"],
     )
     spec = CPTJobSpec.model_validate_json(config["spec"])
-    prepared = [PreparedSource(**p) for p in config["prepared"]]
-    settings = S3Settings.from_spec(spec.storage)
-    trainer = Trainer(spec, prepared, settings, ctx)
-    reasons: dict[type[Exception], str] = {
-        ModelSourceError: "ModelSourceError",
-        DataError: "DataError",
-        SamplerStateMismatch: "ResumeMismatch",
-        IdentityMismatch: IdentityMismatch.reason,
-        GeometryError: "InvalidSpec",
+    trainer = Trainer(spec, config["prepared"], S3Settings.from_spec(spec.storage), ctx, hooks=load_hooks())
+    permanent: dict[type[Exception], Reason] = {
+        ModelSourceError: Reason.ModelSourceError,
+        DataError: Reason.DataError,
+        SamplerStateMismatch: Reason.ResumeMismatch,
+        IdentityMismatch: Reason.CheckpointOwnedByAnotherJob,
+        GeometryError: Reason.InvalidSpec,
     }
     try:
         trainer.setup()
-    except tuple(reasons) as exc:
+    except tuple(permanent) as exc:
         # A restart cannot fix these: record the reason and end without Ray retrying the workers.
-        trainer.fail(next(r for t, r in reasons.items() if isinstance(exc, t)), str(exc))
+        reason = next(r for t, r in permanent.items() if isinstance(exc, t))
+        log.error("%s: %s", reason.value, exc)
+        trainer.reporter.report("failed", reason=reason, message=str(exc), force=True)
         return
     outcome = trainer.fit()
-    if outcome.state == "failed" and outcome.reason == "FencedOut":
+    if outcome.state == "failed" and outcome.reason == Reason.FencedOut:
         raise RuntimeError(outcome.message)
 
 
@@ -138,7 +142,7 @@ def run_job(
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from .checkpoint import CheckpointStore, now
+    from .checkpoint import CheckpointStore
     from .data import DataError, prepare
     from .sources import ModelSourceError
 
@@ -147,36 +151,30 @@ def run_job(
     storage = Storage(settings)
     store = CheckpointStore(storage, spec.checkpoint.uri)
     store.claim(job.metadata.name, job.metadata.uid, attempt)
-    progress_location = store.run.join(PROGRESS_PATH)
-
-    def write(state: str, **fields: Any) -> None:
-        store.check_fence(attempt)
-        previous = read_progress(storage, spec.checkpoint.uri)
-        base = previous.model_dump(by_alias=True) if previous and previous.attempt <= attempt else {}
-        base.update({"job": job.metadata.name, "attempt": attempt, "state": state, "updatedAt": now(), **fields})
-        base.setdefault("totalSteps", spec.total_steps)
-        storage.write_text(progress_location, Progress.model_validate(base).to_json())
-
-    write("preparing", reason=None, message="tokenizing and packing data")
+    reporter = ProgressReporter(
+        storage,
+        spec.checkpoint.uri,
+        job=job.metadata.name,
+        uid=job.metadata.uid,
+        attempt=attempt,
+        fence=lambda: store.check_fence(attempt),
+    )
+    reporter.report("preparing", message="tokenizing and packing data", force=True)
     try:
         report = prepare(spec, storage, use_ray=True, parallelism=options.data_parallelism)
     except (DataError, ModelSourceError) as exc:
-        reason = "DataError" if isinstance(exc, DataError) else "ModelSourceError"
-        write("failed", reason=reason, message=str(exc))
+        reason = Reason.DataError if isinstance(exc, DataError) else Reason.ModelSourceError
+        reporter.report("failed", reason=reason, message=str(exc), force=True)
         raise
     if on_prepared:
         on_prepared()
-    prepared = [
-        {"name": p.name, "role": p.role, "weight": p.weight, "uri": p.uri, "manifest": p.manifest}
-        for p in report.sources
-    ]
     if storage_path is None:
         storage_path = os.path.join(tempfile.gettempdir(), "cpt-ray-results")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "spec": spec.model_dump_json(by_alias=True),
-            "prepared": prepared,
+            "prepared": report.sources,
             "attempt": attempt,
             "job": job.metadata.name,
             "uid": job.metadata.uid,
@@ -195,14 +193,18 @@ def run_job(
             failure_config=ray.train.FailureConfig(max_failures=options.max_failures),
         ),
     )
+
+    def final() -> Progress | None:
+        return read_progress(storage, spec.checkpoint.uri, job=job.metadata.name, uid=job.metadata.uid, attempt=attempt)
+
     try:
         trainer.fit()
     except Exception as exc:
-        final = read_progress(storage, spec.checkpoint.uri)
-        if final is None or final.state in ("running", "preparing"):
-            write("failed", reason="TrainingFailed", message=_root_cause(exc))
+        ended = final()
+        if ended is None or ended.state in ("running", "preparing"):
+            reporter.report("failed", reason=Reason.TrainingFailed, message=_root_cause(exc), force=True)
         raise
-    return read_progress(storage, spec.checkpoint.uri)
+    return final()
 
 
 def _root_cause(exc: BaseException) -> str:

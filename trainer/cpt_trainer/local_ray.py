@@ -38,14 +38,14 @@ def worker_env() -> dict[str, str]:
         "AWS_SESSION_TOKEN",
         "AWS_ENDPOINT_URL",
         "AWS_REGION",
-        "CPT_CACHE_DIR",
         "TORCH_EXTENSIONS_DIR",
         "HF_HOME",
         "PYTHONPATH",
-        "CPT_FAULT",  # fault injection of the test suite (faults.py); unset in real runs
     ):
         if os.environ.get(key):
             env[key] = os.environ[key]
+    # Our own settings travel too (CPT_CACHE_DIR, CPT_DEBUG, CPT_TRAINER_HOOKS and what hooks read).
+    env.update({k: v for k, v in os.environ.items() if k.startswith("CPT_") and v})
     return env
 
 

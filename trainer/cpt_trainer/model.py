@@ -12,8 +12,8 @@ import logging
 from typing import Any
 
 import torch
-from cpt_operator.api.v1alpha1 import ModelSpec, TrainingSpec
-from cpt_operator.storage import Storage
+from cpt_core.api.v1alpha1 import ModelSpec, TrainingSpec
+from cpt_core.storage import Storage
 
 from .sources import ModelSourceError, ResolvedSource, resolve
 

@@ -6,7 +6,7 @@ import io
 import json
 from typing import Any
 
-from cpt_operator.storage import Location, Storage
+from cpt_core.storage import Location, Storage
 
 
 def loss_plot(metrics: list[dict[str, Any]]) -> bytes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from cpt_operator.api.v1alpha1 import Schedule, ScheduleType
+from cpt_core.api.v1alpha1 import Schedule, ScheduleType
 
 
 def lr_at(step: int, total_steps: int, peak: float, schedule: Schedule) -> float:

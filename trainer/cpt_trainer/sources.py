@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cpt_operator.storage import Storage, parse_uri
+from cpt_core.storage import Storage, parse_uri
 
 
 class ModelSourceError(ValueError):

@@ -11,8 +11,8 @@ import shlex
 from typing import Any
 
 import yaml
+from cpt_core.api.v1alpha1 import API_VERSION, KIND, CPTJob, Resources
 
-from ..api.v1alpha1 import API_VERSION, KIND, CPTJob, Resources
 from .names import configmap_name, rayjob_name
 from .settings import OperatorSettings
 

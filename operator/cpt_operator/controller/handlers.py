@@ -18,11 +18,12 @@ import time
 from typing import Any
 
 import kopf
+from cpt_core.api import v1alpha1 as api
+from cpt_core.api.progress import UnreadableProgress, read_progress
+from cpt_core.api.validation import validate
+from cpt_core.reasons import Reason
+from cpt_core.storage import S3Settings, Storage, StorageError
 
-from ..api import v1alpha1 as api
-from ..api.progress import read_progress
-from ..api.validation import validate
-from ..storage import S3Settings, Storage, StorageError
 from .builders import build_configmap, build_rayjob
 from .kube import Kube
 from .metrics import Metrics
@@ -33,11 +34,20 @@ from .state import CreateAttempt, DeleteRayJob, Observed, needs_preflight, prefl
 log = logging.getLogger(__name__)
 
 
-def _status_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """A merge patch from `old` to `new` status: fields that disappeared are removed (null)."""
-    patch: dict[str, Any] = dict(new)
+def _status_patch(old: dict[str, Any], new: dict[str, Any], top: bool = True) -> dict[str, Any]:
+    """A JSON merge patch (RFC 7386) from `old` to `new`: only what changed, nested fields that
+    disappeared become null (a merge patch of a whole object would keep stale nested keys)."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            nested = _status_patch(before, value, top=False)
+            if nested:
+                patch[key] = nested
+        elif value != before or key not in old:
+            patch[key] = value
     for key in old:
-        if key not in new and key != "kopf":
+        if key not in new and not (top and key == "kopf"):
             patch[key] = None
     return patch
 
@@ -75,7 +85,7 @@ async def reconcile_job(
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     if body["metadata"].get("deletionTimestamp"):
         return  # being deleted: children go with it (garbage collection); never create new ones
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.timezone.utc)
     raw = json.loads(json.dumps(dict(body), default=dict))  # kopf's views -> plain JSON
     document = {k: v for k, v in raw.items() if k in ("apiVersion", "kind", "metadata", "spec", "status")}
     status_doc = dict(document.get("status") or {})
@@ -86,7 +96,7 @@ async def reconcile_job(
         # The CRD schema admits it but the models do not (e.g. a semantic rule): fail once, visibly.
         message = "; ".join(str(e) for e in report.errors)
         if status_doc.get("phase") != api.Phase.Failed.value:
-            kopf.event(body, type="Warning", reason="InvalidSpec", message=message)
+            kopf.event(body, type="Warning", reason=Reason.InvalidSpec.value, message=message)
             patch.status.update({"phase": api.Phase.Failed.value, "message": f"invalid spec: {message}"})
             metrics.set_phase(namespace, name, api.Phase.Failed.value)
         return
@@ -106,11 +116,16 @@ async def reconcile_job(
     progress = None
     if status.attempt > 0 and (secret is not None or not secret_name):
         try:
-            progress = await asyncio.to_thread(read_progress, storage, spec.resolved().checkpoint.uri)
-        except (StorageError, ValueError) as exc:
+            progress = await asyncio.to_thread(
+                read_progress,
+                storage,
+                spec.resolved().checkpoint.uri,
+                job=name,
+                uid=job.metadata.uid,
+                attempt=status.attempt,
+            )
+        except (StorageError, UnreadableProgress) as exc:
             log.warning("%s/%s: cannot read progress: %s", namespace, name, exc)
-        if progress is not None and progress.attempt != status.attempt:
-            progress = None  # fencing: another attempt's progress is never taken for this one's
 
     preflight = None
     if rayjob is None and needs_preflight(job, now):
@@ -141,7 +156,7 @@ async def reconcile_job(
 
     new_status = decision.status.model_dump(by_alias=True, exclude_none=True, mode="json")
     changes = _status_patch(document["status"], new_status)
-    if changes != {k: v for k, v in document["status"].items() if k in changes}:
+    if changes:
         patch.status.update(changes)
     metrics.set_phase(namespace, name, decision.status.phase.value if decision.status.phase else None)
     metrics.reconcile_seconds.observe(time.monotonic() - started)

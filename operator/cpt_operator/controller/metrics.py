@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from cpt_core.api.v1alpha1 import Phase
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-
-from ..api.v1alpha1 import Phase
 
 
 class Metrics:

@@ -14,8 +14,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 
-from ..api.v1alpha1 import CPTJob
-from ..storage import AccessDenied, S3Settings, Storage, StorageError, parse_uri
+from cpt_core.api.v1alpha1 import CPTJob
+from cpt_core.reasons import Reason
+from cpt_core.storage import AccessDenied, S3Settings, Storage, StorageError, parse_uri
+
 from .builders import CREDENTIAL_KEYS
 from .state import PreflightResult
 
@@ -31,14 +33,16 @@ def check_secret(job: CPTJob, secret: Mapping[str, str] | None) -> PreflightResu
     if secret is None:
         return PreflightResult(
             False,
-            "SecretNotFound",
+            Reason.SecretNotFound,
             f"Secret {ns}/{name} (spec.storage.credentialsSecret) not found; create it: kubectl -n {ns} create secret "
             f"generic {name} --from-literal=AWS_ACCESS_KEY_ID=... --from-literal=AWS_SECRET_ACCESS_KEY=...",
         )
     missing = [key for key in REQUIRED_KEYS if not secret.get(key)]
     if missing:
         return PreflightResult(
-            False, "SecretNotFound", f"Secret {ns}/{name} lacks the key(s) {', '.join(missing)}; add them to the Secret"
+            False,
+            Reason.SecretNotFound,
+            f"Secret {ns}/{name} lacks the key(s) {', '.join(missing)}; add them to the Secret",
         )
     return None
 
@@ -46,7 +50,7 @@ def check_secret(job: CPTJob, secret: Mapping[str, str] | None) -> PreflightResu
 def _failure(exc: StorageError, what: str) -> PreflightResult:
     """AccessDenied for credential problems; BucketUnreachable for everything else (endpoint down, no bucket)."""
     return PreflightResult(
-        False, "AccessDenied" if isinstance(exc, AccessDenied) else "BucketUnreachable", f"{what}: {exc}"
+        False, Reason.AccessDenied if isinstance(exc, AccessDenied) else Reason.BucketUnreachable, f"{what}: {exc}"
     )
 
 
@@ -59,7 +63,7 @@ def check_storage(job: CPTJob, secret: Mapping[str, str] | None, storage: Storag
     if not spec.checkpoint.uri.startswith("s3://"):
         return PreflightResult(
             False,
-            "CheckpointNotOnObjectStorage",
+            Reason.CheckpointNotOnObjectStorage,
             f"spec.checkpoint.uri {spec.checkpoint.uri} is a local path; on a cluster it must be s3:// (the operator "
             "reads progress from it, and a pod's local disk dies with the pod). Local paths work with `cpt run`",
         )
@@ -86,13 +90,15 @@ def check_storage(job: CPTJob, secret: Mapping[str, str] | None, storage: Storag
             if not found:
                 return PreflightResult(
                     False,
-                    "DataNotFound",
+                    Reason.DataNotFound,
                     f"spec.data.sources[{i}].uris[{j}] {uri} lists no objects (source '{source.name}')",
                 )
     if spec.model.source.startswith("s3://"):
         try:
             if not storage.list_objects(spec.model.source):
-                return PreflightResult(False, "DataNotFound", f"spec.model.source {spec.model.source} lists no objects")
+                return PreflightResult(
+                    False, Reason.DataNotFound, f"spec.model.source {spec.model.source} lists no objects"
+                )
         except StorageError as exc:
             return _failure(exc, "spec.model.source")
     if spec.checkpoint.uri.startswith("s3://"):
@@ -102,4 +108,4 @@ def check_storage(job: CPTJob, secret: Mapping[str, str] | None, storage: Storag
             storage.delete(probe)
         except StorageError as exc:
             return _failure(exc, f"writing below spec.checkpoint.uri {spec.checkpoint.uri}")
-    return PreflightResult(True, "Ready", "storage checked")
+    return PreflightResult(True, Reason.Ready, "storage checked")

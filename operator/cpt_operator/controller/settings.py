@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 
+from cpt_core import __version__
 from pydantic import BaseModel, Field
-
-from .. import __version__
 
 ENV_PREFIX = "CPT_OPERATOR_"
 

@@ -19,34 +19,13 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..api.progress import Progress
-from ..api.v1alpha1 import (
-    CheckpointStatus,
-    Condition,
-    CPTJob,
-    CPTJobStatus,
-    DataStatus,
-    EvaluationStatus,
-    OutputStatus,
-    Phase,
-    ProbeScores,
-    ProgressStatus,
-    SourceDataStatus,
-)
+from cpt_core.api.progress import STATUS_SECTIONS, Progress
+from cpt_core.api.v1alpha1 import Condition, CPTJob, CPTJobStatus, Phase
+from cpt_core.reasons import ConditionType, Reason
+
 from .names import rayjob_name
 
-#: Failures that a restart cannot fix: the job fails at once.
-TERMINAL_REASONS = {
-    "NonFiniteLoss",
-    "DataError",
-    "ModelSourceError",
-    "CheckpointOwnedByAnotherJob",
-    "ResumeMismatch",
-    "DeadlineExceeded",
-    "ForgettingDetected",
-    "ValidationFailed",
-    "InvalidSpec",
-}
+UTC = dt.timezone.utc  # dt.UTC needs Python 3.11
 FINISHED_DEPLOYMENT = {"Complete"}
 FAILED_DEPLOYMENT = {"Failed", "ValidationFailed"}
 FAILED_JOB = {"FAILED", "STOPPED"}
@@ -57,14 +36,14 @@ class PreflightResult:
     """The outcome of checking storage before any RayJob is requested."""
 
     ok: bool
-    reason: str = "Ready"
+    reason: Reason = Reason.Ready
     message: str = ""
 
 
 @dataclass(frozen=True)
 class Event:
     type: Literal["Normal", "Warning"]
-    reason: str
+    reason: str  # a Reason, or the Phase entered
     message: str
 
 
@@ -86,9 +65,9 @@ Action = CreateAttempt | DeleteRayJob
 @dataclass(frozen=True)
 class Observed:
     rayjob: dict[str, Any] | None = None
-    progress: Progress | None = None
+    progress: Progress | None = None  # already known to be this incarnation's and this attempt's
     preflight: PreflightResult | None = None
-    now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    now: dt.datetime = field(default_factory=lambda: dt.datetime.now(UTC))
 
 
 @dataclass
@@ -97,13 +76,6 @@ class Decision:
     actions: list[Action] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
 
-    @property
-    def needs_preflight(self) -> bool:
-        """The job waits for a preflight result before it can launch an attempt."""
-        return self.status.phase in (Phase.Pending, Phase.Restarting) and not any(
-            isinstance(a, CreateAttempt) for a in self.actions
-        )
-
 
 def _ts(now: dt.datetime) -> str:
     return now.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -111,40 +83,33 @@ def _ts(now: dt.datetime) -> str:
 
 def set_condition(
     status: CPTJobStatus,
-    type_: str,
+    type_: ConditionType,
     value: Literal["True", "False", "Unknown"],
-    reason: str,
+    reason: Reason | str,
     message: str,
     now: dt.datetime,
     generation: int | None,
 ) -> None:
     """Upsert a condition; lastTransitionTime changes only when the status value changes."""
-    for i, cond in enumerate(status.conditions):
-        if cond.type == type_:
-            changed = cond.status != value
-            status.conditions[i] = Condition(
-                type=type_,
-                status=value,
-                reason=reason,
-                message=message,
-                last_transition_time=_ts(now) if changed else cond.last_transition_time,
-                observed_generation=generation,
-            )
-            return
-    status.conditions.append(
-        Condition(
-            type=type_,
-            status=value,
-            reason=reason,
-            message=message,
-            last_transition_time=_ts(now),
-            observed_generation=generation,
-        )
+    previous = condition(status, type_)
+    updated = Condition(
+        type=type_.value,
+        status=value,
+        reason=str(reason),
+        message=message,
+        last_transition_time=previous.last_transition_time
+        if previous is not None and previous.status == value
+        else _ts(now),
+        observed_generation=generation,
     )
+    if previous is None:
+        status.conditions.append(updated)
+    else:
+        status.conditions[status.conditions.index(previous)] = updated
 
 
-def condition(status: CPTJobStatus, type_: str) -> Condition | None:
-    return next((c for c in status.conditions if c.type == type_), None)
+def condition(status: CPTJobStatus, type_: ConditionType) -> Condition | None:
+    return next((c for c in status.conditions if c.type == type_.value), None)
 
 
 def needs_preflight(job: CPTJob, now: dt.datetime) -> bool:
@@ -155,7 +120,7 @@ def needs_preflight(job: CPTJob, now: dt.datetime) -> bool:
     if status.phase == Phase.Suspended:
         return True  # unsuspended: the next attempt needs a fresh preflight
     if status.next_preflight_time:
-        due = dt.datetime.strptime(status.next_preflight_time, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+        due = dt.datetime.strptime(status.next_preflight_time, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
         if now < due:
             return False
     return True
@@ -165,50 +130,12 @@ def preflight_backoff(failures: int, base: float, cap: float) -> float:
     return float(min(cap, base * 2 ** max(0, failures - 1)))
 
 
-def mirror_progress(status: CPTJobStatus, progress: Progress, job: CPTJob) -> None:
-    """Copy the trainer's progress file (already fenced to this attempt) into the status."""
-    status.progress = ProgressStatus(
-        step=progress.step,
-        total_steps=progress.total_steps or job.spec.total_steps,
-        tokens=progress.tokens,
-        tokens_per_second=progress.tokens_per_second,
-        loss=progress.loss,
-        lr=progress.lr,
-        eta_seconds=progress.eta_seconds,
-        updated_at=progress.updated_at,
-    )
-    if progress.evaluation:
-        base, last = progress.baseline, progress.evaluation
-        status.evaluation = EvaluationStatus(
-            step=last.step,
-            domain_loss=last.domain_loss,
-            domain_loss_baseline=base.domain_loss if base else None,
-            general_loss=last.general_loss,
-            general_loss_baseline=base.general_loss if base else None,
-            general_loss_increase=progress.general_loss_increase,
-            forgetting_detected=progress.forgetting_detected,
-            probes_before=ProbeScores(exact_match=progress.probes_before.exact_match, f1=progress.probes_before.f1)
-            if progress.probes_before
-            else None,
-            probes_after=ProbeScores(exact_match=progress.probes_after.exact_match, f1=progress.probes_after.f1)
-            if progress.probes_after
-            else None,
-        )
-    if progress.checkpoint:
-        c = progress.checkpoint
-        status.checkpoint = CheckpointStatus(step=c.step, uri=c.uri, time=c.time, attempt=c.attempt)
-    if progress.data:
-        status.data = DataStatus(
-            sources=[
-                SourceDataStatus(
-                    name=s.name, tokens_available=s.tokens_available, tokens_consumed=s.tokens_consumed, epochs=s.epochs
-                )
-                for s in progress.data
-            ],
-            resumed_with_changes=progress.resumed_with_changes,
-        )
-    if progress.model_uri or progress.report_uri:
-        status.output = OutputStatus(model_uri=progress.model_uri, report_uri=progress.report_uri)
+def mirror_progress(status: CPTJobStatus, progress: Progress) -> None:
+    """Take the trainer's sections into the status as they are (they are the status types)."""
+    for section in STATUS_SECTIONS:
+        value = getattr(progress, section)
+        if value is not None:
+            setattr(status, section, value.model_copy(deep=True))
 
 
 def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None) -> Decision:
@@ -220,14 +147,16 @@ def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None
     old_phase = status.phase
     status.observed_generation = generation
     status.warnings = list(warnings or [])
-    validated = condition(status, "Validated")
+
+    def set_(type_: ConditionType, value: Literal["True", "False", "Unknown"], reason: Reason | str, msg: str) -> None:
+        set_condition(status, type_, value, reason, msg, now, generation)
+
+    validated = condition(status, ConditionType.Validated)
     if validated is None or validated.observed_generation != generation:
         message = "; ".join(status.warnings) if status.warnings else "the spec is valid"
-        set_condition(
-            status, "Validated", "True", "ValidWithWarnings" if status.warnings else "Valid", message, now, generation
-        )
+        set_(ConditionType.Validated, "True", Reason.ValidWithWarnings if status.warnings else Reason.Valid, message)
         for warning in status.warnings:
-            decision.events.append(Event("Warning", "RecommendedPractice", warning))
+            decision.events.append(Event("Warning", Reason.RecommendedPractice.value, warning))
 
     def transition(phase: Phase, message: str, event_type: Literal["Normal", "Warning"] = "Normal") -> None:
         status.phase = phase
@@ -235,44 +164,45 @@ def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None
         if phase != old_phase:
             decision.events.append(Event(event_type, phase.value, message))
 
-    def finish(phase: Phase, reason: str, message: str) -> None:
+    def finish(phase: Phase, reason: Reason | str, message: str) -> None:
         status.completion_time = status.completion_time or _ts(now)
         succeeded = phase == Phase.Succeeded
-        set_condition(status, "Succeeded", "True" if succeeded else "False", reason, message, now, generation)
+        set_(ConditionType.Succeeded, "True" if succeeded else "False", reason, message)
         if not succeeded:
-            set_condition(status, "Failed", "True", reason, message, now, generation)
-        set_condition(status, "Training", "False", reason, message, now, generation)
+            set_(ConditionType.Failed, "True", reason, message)
+        set_(ConditionType.Training, "False", reason, message)
         transition(phase, message, "Normal" if succeeded else "Warning")
 
     if status.phase in (Phase.Succeeded, Phase.Failed):
         return decision  # terminal: nothing changes any more
 
     rayjob = observed.rayjob
-    progress = observed.progress
-    if progress is not None and progress.attempt == status.attempt:
-        mirror_progress(status, progress, job)
-        flagged = condition(status, "ForgettingDetected")
-        if progress.forgetting_detected and (flagged is None or flagged.status != "True"):
+    ours = observed.progress if observed.progress is not None and observed.progress.attempt == status.attempt else None
+    if ours is not None:
+        mirror_progress(status, ours)
+        flagged = condition(status, ConditionType.ForgettingDetected)
+        evaluation = ours.evaluation
+        if evaluation is not None and evaluation.forgetting_detected and (flagged is None or flagged.status != "True"):
             message = (
-                f"general loss is {100 * (progress.general_loss_increase or 0):.1f} % above its baseline "
+                f"general loss is {100 * (evaluation.general_loss_increase or 0):.1f} % above its baseline "
                 f"(limit {100 * spec.evaluation.forgetting.max_general_loss_increase:.1f} %)"
             )
-            set_condition(status, "ForgettingDetected", "True", "GeneralLossIncreased", message, now, generation)
-            decision.events.append(Event("Warning", "ForgettingDetected", message))
+            set_(ConditionType.ForgettingDetected, "True", Reason.GeneralLossIncreased, message)
+            decision.events.append(Event("Warning", Reason.ForgettingDetected.value, message))
 
     # -- suspension ------------------------------------------------------------------------
     if spec.run_policy.suspend:
         if rayjob is not None:
             decision.actions.append(DeleteRayJob(rayjob["metadata"]["name"]))
         if status.phase != Phase.Suspended:
-            set_condition(status, "Training", "False", "Suspended", "runPolicy.suspend is true", now, generation)
-            set_condition(status, "ClusterReady", "False", "Suspended", "the Ray cluster was deleted", now, generation)
+            set_(ConditionType.Training, "False", Reason.Suspended, "runPolicy.suspend is true")
+            set_(ConditionType.ClusterReady, "False", Reason.Suspended, "the Ray cluster was deleted")
             transition(Phase.Suspended, "suspended: the RayJob is deleted, checkpoints are kept")
         return decision
     if status.phase == Phase.Suspended:
         status.phase = Phase.Restarting
         status.message = "resuming after suspension from the last committed checkpoint"
-        decision.events.append(Event("Normal", "Resumed", status.message))
+        decision.events.append(Event("Normal", Reason.Resumed.value, status.message))
 
     # -- launching an attempt --------------------------------------------------------------
     if status.phase in (None, Phase.Pending, Phase.Restarting) and rayjob is None:
@@ -284,35 +214,29 @@ def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None
         if not result.ok:
             status.preflight_failures += 1
             status.next_preflight_time = None  # the handler sets it from its backoff settings
-            previous = condition(status, "StorageReady")
-            set_condition(status, "StorageReady", "False", result.reason, result.message, now, generation)
-            if previous is None or previous.reason != result.reason or previous.status != "False":
-                decision.events.append(Event("Warning", result.reason, result.message))
-            status.message = f"{result.reason}: {result.message}"
+            previous = condition(status, ConditionType.StorageReady)
+            set_(ConditionType.StorageReady, "False", result.reason, result.message)
+            if previous is None or previous.reason != result.reason.value or previous.status != "False":
+                decision.events.append(Event("Warning", result.reason.value, result.message))
+            status.message = f"{result.reason.value}: {result.message}"
             return decision
         status.preflight_failures = 0
         status.next_preflight_time = None
-        set_condition(
-            status,
-            "StorageReady",
-            "True",
-            "Ready",
-            "credentials, bucket, data and checkpoint prefix checked",
-            now,
-            generation,
+        set_(
+            ConditionType.StorageReady, "True", Reason.Ready, "credentials, bucket, data and checkpoint prefix checked"
         )
         status.attempt += 1
         status.ray_job_name = rayjob_name(meta.name, status.attempt)
         status.start_time = status.start_time or _ts(now)
         status.dashboard_url = None
         decision.actions.append(CreateAttempt(status.attempt))
-        set_condition(
-            status, "ClusterReady", "False", "Creating", f"RayJob {status.ray_job_name} created", now, generation
-        )
+        set_(ConditionType.ClusterReady, "False", Reason.Creating, f"RayJob {status.ray_job_name} created")
         resume = f", resuming from checkpoint step {status.checkpoint.step}" if status.checkpoint else ""
         decision.events.append(
             Event(
-                "Normal", "AttemptStarted", f"created RayJob {status.ray_job_name} (attempt {status.attempt}{resume})"
+                "Normal",
+                Reason.AttemptStarted.value,
+                f"created RayJob {status.ray_job_name} (attempt {status.attempt}{resume})",
             )
         )
         transition(Phase.Preparing, f"attempt {status.attempt}: starting the Ray cluster{resume}")
@@ -324,25 +248,25 @@ def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None
     job_status = ray_status.get("jobStatus", "")
     if ray_status.get("dashboardURL"):
         status.dashboard_url = ray_status["dashboardURL"]
-    ours = progress if progress is not None and progress.attempt == status.attempt else None
 
     failure: tuple[str, str] | None = None
     if rayjob is None:
-        failure = ("RayJobMissing", f"RayJob {status.ray_job_name} disappeared")
+        failure = (Reason.RayJobMissing.value, f"RayJob {status.ray_job_name} disappeared")
     elif deployment in FINISHED_DEPLOYMENT or (job_status == "SUCCEEDED" and deployment not in FAILED_DEPLOYMENT):
         if ours is not None and ours.state == "succeeded":
-            finish(Phase.Succeeded, "Completed", f"trained {ours.step} steps; model at {ours.model_uri}")
+            model = ours.output.model_uri if ours.output else None
+            finish(Phase.Succeeded, Reason.Completed, f"trained {ours.progress.step} steps; model at {model}")
             return decision
         if ours is not None and ours.state in ("stopped", "failed"):
-            failure = (ours.reason or "TrainingFailed", ours.message or "")
+            failure = (ours.reason or Reason.TrainingFailed.value, ours.message or "")
         elif deployment in FINISHED_DEPLOYMENT:
-            failure = ("NoResult", "the RayJob completed but the trainer reported no final state")
+            failure = (Reason.NoResult.value, "the RayJob completed but the trainer reported no final state")
     elif deployment in FAILED_DEPLOYMENT or job_status in FAILED_JOB:
         if ours is not None and ours.state in ("failed", "stopped") and ours.reason:
             failure = (ours.reason, ours.message or "")
         else:
             failure = (
-                ray_status.get("reason") or "RayJobFailed",
+                ray_status.get("reason") or Reason.RayJobFailed.value,
                 ray_status.get("message") or f"jobStatus {job_status}",
             )
 
@@ -350,13 +274,13 @@ def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None
         reason, message = failure
         if rayjob is not None:
             decision.actions.append(DeleteRayJob(rayjob["metadata"]["name"]))
-        if reason in TERMINAL_REASONS:
+        if Reason.is_terminal(reason):
             finish(Phase.Failed, reason, message)
             return decision
         if status.restarts >= spec.run_policy.max_restarts:
             finish(
                 Phase.Failed,
-                "RestartLimitReached",
+                Reason.RestartLimitReached,
                 f"attempt {status.attempt} failed ({reason}: {message}); {status.restarts} restarts used of "
                 f"runPolicy.maxRestarts {spec.run_policy.max_restarts}",
             )
@@ -367,11 +291,11 @@ def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None
             if status.checkpoint
             else "the last committed checkpoint, if any"
         )
-        set_condition(status, "Training", "False", reason, message, now, generation)
+        set_(ConditionType.Training, "False", reason, message)
         decision.events.append(
             Event(
                 "Warning",
-                "AttemptFailed",
+                Reason.AttemptFailed.value,
                 f"attempt {status.attempt} failed ({reason}: {message}); restart {status.restarts} of "
                 f"{spec.run_policy.max_restarts} resumes from {where}",
             )
@@ -380,10 +304,11 @@ def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None
         return decision
 
     if deployment == "Running":
-        set_condition(status, "ClusterReady", "True", "Running", "the Ray cluster is up", now, generation)
+        set_(ConditionType.ClusterReady, "True", Reason.Running, "the Ray cluster is up")
     if ours is not None and ours.state == "running":
-        set_condition(status, "Training", "True", "Training", f"step {ours.step}/{ours.total_steps}", now, generation)
+        step = f"step {ours.progress.step}/{ours.progress.total_steps}"
+        set_(ConditionType.Training, "True", Reason.Training, step)
         transition(Phase.Running, f"attempt {status.attempt}: training")
-    else:
+    elif status.phase != Phase.Running:
         transition(Phase.Preparing, status.message or f"attempt {status.attempt}: starting")
     return decision

@@ -6,13 +6,16 @@
 """
 
 from .documents import DataError
-from .loader import MicroBatch, RankLoader, build_sampler, holdout_batches
+from .loader import DataFeed, MicroBatch, RankLoader, build_sampler, holdout_batches
+from .manifest import Manifest
 from .prepare import PreparedSource, PrepareReport, data_accounting, prepare
 from .sampler import BlendedSampler, SamplerStateMismatch, SourceInfo
 
 __all__ = [
     "BlendedSampler",
     "DataError",
+    "DataFeed",
+    "Manifest",
     "MicroBatch",
     "PrepareReport",
     "PreparedSource",

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from cpt_operator.api.v1alpha1 import DataSource, SourceFormat
-from cpt_operator.storage import ObjectInfo, Storage, StorageError, parse_uri
+from cpt_core.api.v1alpha1 import DataSource, SourceFormat
+from cpt_core.storage import ObjectInfo, Storage, StorageError, parse_uri
 
 EXTENSIONS: dict[SourceFormat, tuple[str, ...]] = {
     SourceFormat.jsonl: (".jsonl", ".json", ".ndjson"),

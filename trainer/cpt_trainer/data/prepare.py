@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cpt_operator.api.v1alpha1 import CPTJobSpec, DataSource, SourceFormat
-from cpt_operator.storage import ObjectInfo, Storage, parse_uri
+from cpt_core.api.progress import SourceProgress
+from cpt_core.api.v1alpha1 import CPTJobSpec, DataSource, SourceFormat
+from cpt_core.storage import Location, NotFound, ObjectInfo, Storage, parse_uri
 
 from .documents import DataError, iter_documents, list_source_files
+from .manifest import Manifest, SkipExample, Skipped, Split
 from .shards import RowPacker, ShardLayout, ShardReader, ShardWriter
 from .tokenize import DocumentTokenizer, TokenizedFile
 
@@ -51,7 +53,7 @@ class PreparedSource:
     role: str
     weight: int
     uri: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     cache_hit: bool = False
     tokenized_documents: int = 0
     seconds: float = 0.0
@@ -59,19 +61,19 @@ class PreparedSource:
     @property
     def layout(self) -> ShardLayout:
         m = self.manifest
-        return ShardLayout(m["sequenceLength"], m["dtype"], m["rowsPerShard"])
+        return ShardLayout(m.sequence_length, m.dtype, m.rows_per_shard)
 
     @property
     def rows(self) -> int:
-        return int(self.manifest["train"]["rows"])
+        return self.manifest.train.rows
 
     @property
     def holdout_rows(self) -> int:
-        return int(self.manifest["holdout"]["rows"])
+        return self.manifest.holdout.rows
 
     @property
     def fingerprint(self) -> str:
-        return str(self.manifest["key"])
+        return self.manifest.key
 
     def reader(self, storage: Storage, kind: str = "train") -> ShardReader:
         rows = self.rows if kind == "train" else self.holdout_rows
@@ -234,10 +236,10 @@ def prepare_source(
     key = cache_key(source, files, tokenizer_fingerprint, seq_len, holdout, spec.training.seed)
     base = parse_uri(spec.cache_uri).as_prefix().join(key + "/")
     manifest_location = base.join("manifest.json")
-    if storage.exists(manifest_location):
-        manifest = json.loads(storage.read_text(manifest_location))
-        log.info("source '%s': cache hit %s (%d rows)", source.name, base, manifest["train"]["rows"])
-        return PreparedSource(source.name, source.role.value, source.weight, str(base), manifest, cache_hit=True)
+    cached = _cached_manifest(storage, manifest_location, key)
+    if cached is not None:
+        log.info("source '%s': cache hit %s (%d rows)", source.name, base, cached.train.rows)
+        return PreparedSource(source.name, source.role.value, source.weight, str(base), cached, cache_hit=True)
 
     if progress:
         progress(f"tokenizing source '{source.name}' ({len(files)} files)")
@@ -284,47 +286,47 @@ def prepare_source(
                 f"source '{source.name}': {train.tokens_in} training tokens do not fill one row of "
                 f"{seq_len} tokens; add data or lower spec.data.sequenceLength"
             )
-        manifest = {
-            "version": PIPELINE_VERSION,
-            "key": key,
-            "source": source.name,
-            "format": source.format.value,
-            "sequenceLength": seq_len,
-            "dtype": layout.dtype,
-            "rowsPerShard": layout.rows_per_shard,
-            "vocabSize": vocab,
-            "files": len(files),
-            "ignoredFiles": ignored[:MAX_SKIP_EXAMPLES],
-            "ignoredFileCount": len(ignored),
-            "documents": documents,
-            "train": {
-                "rows": train.writer.rows,
-                "shards": train.writer.shards,
-                "documents": train.documents,
-                "tokens": train.writer.rows * seq_len,
-                "droppedTailTokens": train.dropped_tokens,
-            },
-            "holdout": {
-                "rows": held.writer.rows,
-                "shards": held.writer.shards,
-                "documents": held.documents,
-                "tokens": held.tokens_in,
-                "paddedTokens": held.padded_tokens,
-            },
-            "skipped": {
-                "count": len(skipped),
-                "malformed": len(malformed),
-                "empty": len(skipped) - len(malformed),
-                "examples": [
-                    {"file": s.file, "line": s.line, "reason": s.reason} for s in malformed[:MAX_SKIP_EXAMPLES]
+        manifest = Manifest(
+            version=PIPELINE_VERSION,
+            key=key,
+            source=source.name,
+            format=source.format.value,
+            sequence_length=seq_len,
+            dtype=layout.dtype,
+            rows_per_shard=layout.rows_per_shard,
+            vocab_size=vocab,
+            files=len(files),
+            ignored_files=ignored[:MAX_SKIP_EXAMPLES],
+            ignored_file_count=len(ignored),
+            documents=documents,
+            train=Split(
+                rows=train.writer.rows,
+                shards=train.writer.shards,
+                documents=train.documents,
+                tokens=train.writer.rows * seq_len,
+                dropped_tail_tokens=train.dropped_tokens,
+            ),
+            holdout=Split(
+                rows=held.writer.rows,
+                shards=held.writer.shards,
+                documents=held.documents,
+                tokens=held.tokens_in,
+                padded_tokens=held.padded_tokens,
+            ),
+            skipped=Skipped(
+                count=len(skipped),
+                malformed=len(malformed),
+                empty=len(skipped) - len(malformed),
+                examples=[
+                    SkipExample(file=s.file, line=s.line, reason=s.reason) for s in malformed[:MAX_SKIP_EXAMPLES]
                 ],
-            },
-            "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+            ),
+            created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
         if base.is_s3:
             storage.upload_dir(local, base)
         # Written last: its presence is what marks the entry complete.
-        storage.write_text(manifest_location, json.dumps(manifest, indent=2))
+        storage.write_text(manifest_location, manifest.to_json())
     seconds = time.monotonic() - started
     log.info(
         "source '%s': %d documents -> %d rows (%d holdout) in %.1fs",
@@ -343,6 +345,21 @@ def prepare_source(
         tokenized_documents=documents,
         seconds=seconds,
     )
+
+
+def _cached_manifest(storage: Storage, location: Location, key: str) -> Manifest | None:
+    """The manifest of a complete cache entry, or None (absent, or damaged: then it is rebuilt)."""
+    try:
+        manifest = Manifest.model_validate_json(storage.read_text(location))
+    except NotFound:
+        return None
+    except ValueError as exc:
+        log.warning("damaged cache entry %s (%s): rebuilding it", location, str(exc).splitlines()[0])
+        return None
+    if manifest.key != key:
+        log.warning("cache entry %s names key %s, not %s: rebuilding it", location, manifest.key, key)
+        return None
+    return manifest
 
 
 def prepare(
@@ -368,19 +385,15 @@ def prepare(
     return report
 
 
-def data_accounting(prepared: list[PreparedSource], consumed_rows: dict[str, int]) -> list[dict[str, Any]]:
-    """Per-source tokens available and consumed, shaped for `status.data.sources`."""
+def data_accounting(prepared: list[PreparedSource], consumed_rows: dict[str, int]) -> list[SourceProgress]:
+    """Per-source tokens available and consumed (`status.data.sources`)."""
     out = []
     for source in prepared:
         seq = source.layout.seq_len
         available = source.rows * seq
         consumed = consumed_rows.get(source.name, 0) * seq
+        epochs = round(consumed / available, 4) if available else None
         out.append(
-            {
-                "name": source.name,
-                "tokensAvailable": available,
-                "tokensConsumed": consumed,
-                "epochs": round(consumed / available, 4) if available else None,
-            }
+            SourceProgress(name=source.name, tokens_available=available, tokens_consumed=consumed, epochs=epochs)
         )
     return out

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cpt_operator.storage import Location, Storage
+from cpt_core.storage import Location, Storage
 
 from .tokenize import DOC_START, TRAIN
 

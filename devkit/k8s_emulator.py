@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import contextlib
 import copy
 import datetime
@@ -60,7 +61,7 @@ Validator = Callable[[dict[str, Any], dict[str, Any] | None], list[str]]
 
 
 def _now() -> str:
-    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(tz=datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -336,10 +337,10 @@ class FaithfulKubernetes(kmock.KubernetesEmulator):
                 return copy.deepcopy(body)
             if content_type == "application/json-patch+json":
                 try:
-                    return jsonpatch.apply_patch(current, body)  # type: ignore[no-any-return]
+                    return jsonpatch.apply_patch(current, body)
                 except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
                     raise kmock.KubernetesError(status=422, reason="Invalid", message=f"json patch: {exc}") from None
-            return merge_patch(current, body)  # type: ignore[no-any-return]
+            return merge_patch(current, body)
 
         return await self.op_update(
             key, request.namespace, request.name or "", request.subresource, change, precondition
@@ -426,11 +427,11 @@ class EmulatorThread:
 
     # Synchronous helpers for tests: the same code paths as HTTP requests.
     def create(self, key: Key, body: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
-        return self.call(self.emulator.op_create(key, namespace, body))  # type: ignore[no-any-return]
+        return self.call(self.emulator.op_create(key, namespace, body))
 
     def get(self, key: Key, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
-            return self.call(self._get(key, namespace, name))  # type: ignore[no-any-return]
+            return self.call(self._get(key, namespace, name))
         except kmock.KubernetesError:
             return None
 
@@ -438,20 +439,18 @@ class EmulatorThread:
         return self.emulator.op_get(key, namespace, name)
 
     def list(self, key: Key, namespace: str | None = None, selector: str | None = None) -> list[dict[str, Any]]:
-        return self.call(self._list(key, namespace, selector))  # type: ignore[no-any-return]
+        return self.call(self._list(key, namespace, selector))
 
-    async def _list(self, key: Key, namespace: str | None, selector: str | None) -> list[dict[str, Any]]:
+    async def _list(self, key: Key, namespace: str | None, selector: str | None) -> builtins.list[dict[str, Any]]:
         return self.emulator.op_list(key, namespace, selector)
 
     def patch(
         self, key: Key, namespace: str | None, name: str, body: dict[str, Any], subresource: str | None = None
     ) -> dict[str, Any]:
-        return self.call(  # type: ignore[no-any-return]
-            self.emulator.op_update(key, namespace, name, subresource, lambda cur: merge_patch(cur, body))
-        )
+        return self.call(self.emulator.op_update(key, namespace, name, subresource, lambda cur: merge_patch(cur, body)))
 
     def delete(self, key: Key, namespace: str | None, name: str) -> dict[str, Any]:
-        return self.call(self.emulator.op_delete(key, namespace, name))  # type: ignore[no-any-return]
+        return self.call(self.emulator.op_delete(key, namespace, name))
 
     def secret(self, namespace: str, name: str, data: dict[str, str]) -> dict[str, Any]:
         encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
@@ -471,7 +470,7 @@ NAMESPACES: Key = ("", "v1", "namespaces")
 
 def cluster_with_cpt_and_kuberay(rayjob_schema: dict[str, Any] | None = None) -> FaithfulKubernetes:
     """An emulator serving what the operator uses, validating CPTJobs (and RayJobs) like the API server."""
-    from cpt_operator.api.validation import cel_violations, schema_errors
+    from cpt_core.api.validation import cel_violations, schema_errors
 
     k8s = FaithfulKubernetes()
     k8s.declare("cpt.dev", "v1alpha1", "cptjobs", "CPTJob", subresources=("status",))

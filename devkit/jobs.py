@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cpt_operator.api.v1alpha1 import CPTJob
-from cpt_operator.api.validation import parse_job
+from cpt_core.api.v1alpha1 import CPTJob
+from cpt_core.api.validation import parse_job
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ROOT / "examples" / "models" / "tiny-llama"
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.k8s_emulator import CONFIGMAPS, RAYJOBS, SECRETS, EmulatorThread
+from devkit.k8s_emulator import CONFIGMAPS, RAYJOBS, SECRETS, EmulatorThread
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Run:
 class KubeRayStandIn:
     cluster: EmulatorThread
     workdir: Path
-    #: Extra environment per RayJob name (e.g. CPT_FAULT for one attempt).
+    #: Extra environment per RayJob name (e.g. test hooks for one attempt).
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
     runs: dict[str, Run] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -76,7 +76,8 @@ class KubeRayStandIn:
                     raise RuntimeError(f"secret key {ref['name']}/{ref['key']} missing: the pod would not start")
         env["CPT_CACHE_DIR"] = str(self.workdir / "node-cache")
         env.pop("RAY_ADDRESS", None)
-        env.pop("CPT_FAULT", None)
+        for key in [k for k in env if k.startswith("CPT_")]:
+            env.pop(key)  # the pod gets only what the RayJob and extra_env give it
         return env
 
     def _launch(self, rayjob: dict[str, Any]) -> None:
@@ -107,7 +108,7 @@ class KubeRayStandIn:
         assert args[0] == "cpt", args
         log = root / "entrypoint.log"
         process = subprocess.Popen(
-            [sys.executable, "-m", "cpt_operator.cli", *args[1:]],
+            [sys.executable, "-m", "cpt_core.cli", *args[1:]],
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
             env={**self._env(namespace, container), **self.extra_env.get(name, {})},

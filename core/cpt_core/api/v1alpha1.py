@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from .progress import CheckpointRef, DataStatus, EvaluationStatus, OutputStatus, TrainingProgress
+
 GROUP = "cpt.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -603,8 +605,7 @@ class Condition(_Model):
     """A metav1.Condition."""
 
     type: str
-    """Condition type, e.g. Validated, StorageReady, ClusterReady, Training, ForgettingDetected,
-    Succeeded, Failed."""
+    """Condition type: Validated, StorageReady, ClusterReady, Training, ForgettingDetected, Succeeded or Failed."""
     status: Literal["True", "False", "Unknown"]
     """True, False or Unknown."""
     reason: str
@@ -615,103 +616,6 @@ class Condition(_Model):
     """When status last changed (RFC 3339)."""
     observed_generation: int | None = None
     """The .metadata.generation the condition was set for."""
-
-
-class ProgressStatus(_Model):
-    """Training progress as last reported by the trainer."""
-
-    step: int = 0
-    """Optimizer steps done."""
-    total_steps: int | None = None
-    """Steps the job trains for."""
-    tokens: int = 0
-    """Training tokens consumed."""
-    tokens_per_second: float | None = None
-    """Recent training throughput."""
-    loss: float | None = None
-    """Recent training loss."""
-    lr: float | None = None
-    """Current learning rate."""
-    eta_seconds: int | None = None
-    """Estimated seconds to the end of training."""
-    updated_at: str | None = None
-    """When the trainer wrote this progress (RFC 3339)."""
-
-
-class ProbeScores(_Model):
-    """Question-answer probe scores."""
-
-    exact_match: float | None = None
-    """Exact-match rate in [0, 1]."""
-    f1: float | None = None
-    """Token F1 in [0, 1]."""
-
-
-class EvaluationStatus(_Model):
-    """Latest evaluation: domain gain against general forgetting."""
-
-    step: int | None = None
-    """Step of the latest evaluation."""
-    domain_loss: float | None = None
-    """Loss on the domain holdout."""
-    domain_loss_baseline: float | None = None
-    """Domain holdout loss at step 0."""
-    general_loss: float | None = None
-    """Loss on the general (replay) holdout."""
-    general_loss_baseline: float | None = None
-    """General holdout loss at step 0."""
-    general_loss_increase: float | None = None
-    """generalLoss / generalLossBaseline - 1 (the forgetting measure)."""
-    forgetting_detected: bool = False
-    """Whether generalLossIncrease passed evaluation.forgetting.maxGeneralLossIncrease."""
-    probes_before: ProbeScores | None = None
-    """Probe scores of the starting model."""
-    probes_after: ProbeScores | None = None
-    """Probe scores of the latest evaluation."""
-
-
-class CheckpointStatus(_Model):
-    """The newest committed checkpoint."""
-
-    step: int
-    """Step of the checkpoint."""
-    uri: str
-    """Where it is."""
-    time: str | None = None
-    """When it was committed (RFC 3339)."""
-    attempt: int | None = None
-    """The attempt that wrote it."""
-
-
-class SourceDataStatus(_Model):
-    """Token accounting of one data source."""
-
-    name: str
-    """Source name."""
-    tokens_available: int | None = None
-    """Training tokens after tokenization and holdout."""
-    tokens_consumed: int = 0
-    """Tokens trained on so far."""
-    epochs: float | None = None
-    """tokensConsumed / tokensAvailable."""
-
-
-class DataStatus(_Model):
-    """Per-source accounting."""
-
-    sources: list[SourceDataStatus] = Field(default_factory=list)
-    """One entry per source."""
-    resumed_with_changes: bool = False
-    """True when a resume was allowed despite changed data, weights or seed (allowChangesOnResume)."""
-
-
-class OutputStatus(_Model):
-    """What the job produced."""
-
-    model_uri: str | None = None
-    """The exported Hugging Face model."""
-    report_uri: str | None = None
-    """Metrics, loss curves and the evaluation summary."""
 
 
 class CPTJobStatus(_Model):
@@ -737,11 +641,11 @@ class CPTJobStatus(_Model):
     """When the first attempt started."""
     completion_time: str | None = None
     """When the job succeeded or failed."""
-    progress: ProgressStatus | None = None
+    progress: TrainingProgress | None = None
     """Training progress."""
     evaluation: EvaluationStatus | None = None
     """Latest evaluation."""
-    checkpoint: CheckpointStatus | None = None
+    checkpoint: CheckpointRef | None = None
     """Newest committed checkpoint."""
     data: DataStatus | None = None
     """Per-source token accounting."""

@@ -1,15 +1,5 @@
-"""One storage interface for the trainer and the operator: local paths and S3-compatible stores.
-
-URIs are `s3://bucket/key`, `file:///abs/path` or plain paths. `Storage` lists, reads and
-writes small objects atomically (readers never see half a file: local writes go to a temp
-file that is renamed into place; an S3 PUT is atomic by nature), and moves whole
-directories in parallel for checkpoints.
-
-S3 settings come from `spec.storage` plus the environment: credentials only from
-`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN` (the operator injects them
-from the referenced Secret) or boto3's default chain; they are never logged or repr'd.
-Errors are translated into `StorageError`s that say what to fix.
-"""
+"""`Storage`: one interface over `s3://` and local locations (list, atomic small writes, parallel
+directory transfers), translating every failure into a `StorageError` that says what to fix."""
 
 from __future__ import annotations
 
@@ -19,134 +9,11 @@ import functools
 import os
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import IO, Any
 
-if TYPE_CHECKING:
-    from .api.v1alpha1 import StorageSpec
-
-
-class StorageError(RuntimeError):
-    """A storage operation failed; the message names the URI and the likely fix."""
-
-    reason = "StorageError"
-
-
-class NotFound(StorageError, FileNotFoundError):
-    reason = "NotFound"
-
-
-class AccessDenied(StorageError, PermissionError):
-    reason = "AccessDenied"
-
-
-class Unreachable(StorageError, ConnectionError):
-    reason = "BucketUnreachable"
-
-
-# --------------------------------------------------------------------------- locations
-
-
-@dataclass(frozen=True)
-class Location:
-    """A parsed URI: `s3` with bucket and key, or `file` with an absolute path in `key`."""
-
-    scheme: Literal["s3", "file"]
-    bucket: str
-    key: str
-
-    def __str__(self) -> str:
-        return f"s3://{self.bucket}/{self.key}" if self.scheme == "s3" else f"file://{self.key}"
-
-    @property
-    def is_s3(self) -> bool:
-        return self.scheme == "s3"
-
-    def join(self, *parts: str) -> Location:
-        """A child location; `join("a", "b/")` keeps the trailing slash of a prefix."""
-        key = self.key
-        for part in parts:
-            if not part:
-                continue
-            key = (key.rstrip("/") + "/" + part.lstrip("/")) if key else part.lstrip("/")
-        return Location(self.scheme, self.bucket, key)
-
-    def as_prefix(self) -> Location:
-        """The same location with a trailing slash (a "directory")."""
-        return self if self.key.endswith("/") or not self.key else Location(self.scheme, self.bucket, self.key + "/")
-
-    @property
-    def path(self) -> Path:
-        """The local path of a `file` location."""
-        if self.scheme != "file":
-            raise ValueError(f"{self} is not a local path")
-        return Path(self.key)
-
-
-def parse_uri(uri: str, base_dir: str | Path | None = None) -> Location:
-    """Parse `s3://bucket/key`, `file:///path` or a plain path (relative to `base_dir` or the cwd)."""
-    if uri.startswith("s3://"):
-        rest = uri[len("s3://") :]
-        bucket, _, key = rest.partition("/")
-        if not bucket:
-            raise ValueError(f"{uri}: missing bucket name (s3://BUCKET/prefix)")
-        return Location("s3", bucket, key)
-    if uri.startswith("file://"):
-        uri = uri[len("file://") :]
-    elif "://" in uri:
-        raise ValueError(f"{uri}: unsupported scheme; use s3://, file:// or a plain path")
-    trailing = "/" if uri.endswith("/") else ""
-    path = Path(uri).expanduser()
-    if not path.is_absolute():
-        path = Path(base_dir or os.getcwd()) / path
-    return Location("file", "", str(path.resolve()) + trailing)
-
-
-# --------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    """Connection settings for S3-compatible storage. Secrets are excluded from repr."""
-
-    endpoint: str | None = None
-    region: str = "us-east-1"
-    addressing_style: str = "path"
-    access_key_id: str | None = field(default=None, repr=False)
-    secret_access_key: str | None = field(default=None, repr=False)
-    session_token: str | None = field(default=None, repr=False)
-    max_attempts: int = 8
-    connect_timeout: float = 10.0
-
-    @classmethod
-    def from_spec(cls, spec: StorageSpec | None, env: Mapping[str, str] | None = None) -> S3Settings:
-        """Settings from `spec.storage`, with credentials (and a fallback endpoint) from `env`."""
-        env = os.environ if env is None else env
-        endpoint = (spec.endpoint if spec else None) or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-        return cls(
-            endpoint=endpoint or None,
-            region=(spec.region if spec else None) or env.get("AWS_REGION") or "us-east-1",
-            addressing_style=spec.addressing_style if spec else "path",
-            access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
-            secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
-            session_token=env.get("AWS_SESSION_TOKEN") or None,
-        )
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """One listed object: its location, size and a change token (ETag or mtime)."""
-
-    location: Location
-    size: int
-    etag: str
-
-    @property
-    def uri(self) -> str:
-        return str(self.location)
-
+from .locations import AccessDenied, Location, NotFound, ObjectInfo, S3Settings, StorageError, Unreachable, parse_uri
 
 # --------------------------------------------------------------------------- storage
 

@@ -161,7 +161,7 @@ class SeaweedS3:
         self.stop()
 
 
-if __name__ == "__main__":  # manual use: python tests/support/seaweed.py /tmp/s3
+if __name__ == "__main__":  # manual use: python devkit/seaweed.py /tmp/s3
     server = SeaweedS3(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/cpt-s3")).start()
     print(json.dumps({"endpoint": server.endpoint, **server.env()}, indent=2))
     try:

@@ -12,9 +12,9 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tests.support.jobs import ROOT, merge, tiny_job_doc
-from tests.support.k8s_emulator import NAMESPACES, SECRETS, EmulatorThread, cluster_with_cpt_and_kuberay
-from tests.support.seaweed import SeaweedS3
+from devkit.jobs import ROOT, merge, tiny_job_doc
+from devkit.k8s_emulator import NAMESPACES, SECRETS, EmulatorThread, cluster_with_cpt_and_kuberay
+from devkit.seaweed import SeaweedS3
 
 T = TypeVar("T")
 
@@ -30,14 +30,14 @@ def kuberay_crd(name: str) -> dict[str, Any]:
     for directory in candidates:
         if (directory / name).exists():
             loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-            return yaml.load((directory / name).read_text(), Loader=loader)  # type: ignore[no-any-return]
+            return yaml.load((directory / name).read_text(), Loader=loader)
     raise FileNotFoundError(f"KubeRay CRD {name} not found in {[str(c) for c in candidates]}; set CPT_KUBERAY_CRDS")
 
 
 def rayjob_schema() -> dict[str, Any]:
     crd = kuberay_crd("ray.io_rayjobs.yaml")
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
-    return version["schema"]["openAPIV3Schema"]  # type: ignore[no-any-return]
+    return version["schema"]["openAPIV3Schema"]
 
 
 def start_cluster() -> EmulatorThread:
@@ -51,7 +51,7 @@ def wait_for(check: Callable[[], T], timeout: float = 60.0, interval: float = 0.
     while time.monotonic() < deadline:
         last = check()
         if last:
-            return last  # type: ignore[no-any-return]
+            return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 

@@ -1,0 +1,119 @@
+"""Recommended continued pre-training practice, as warnings: an Event and a condition message on a
+cluster, a `warning:` line from `cpt validate` and `cpt run` -- never a rejection (the user may
+know better). Also home of `Problem`, the one shape of every validation error and warning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import v1alpha1 as api
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One error or warning, anchored at a wire path such as `spec.training.steps`."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+def recommendations(spec: api.CPTJobSpec) -> list[Problem]:
+    """Deviations from recommended CPT practice. Warnings only: the user may know better."""
+    out: list[Problem] = []
+    kind = spec.model.kind
+    low, high = api.LR_RANGES[kind]
+    lr = spec.learning_rate
+    if not low <= lr <= high:
+        direction = "above" if lr > high else "below"
+        why = (
+            "a high learning rate on an instruct model erases instruction following and general knowledge"
+            if lr > high and kind == "instruct"
+            else "too high a learning rate causes loss spikes and forgetting"
+            if lr > high
+            else "too low a learning rate learns little new domain knowledge"
+        )
+        out.append(
+            Problem(
+                "spec.training.learningRate",
+                f"{lr:g} is {direction} the recommended range {low:g}..{high:g} for {kind} models; {why}",
+            )
+        )
+
+    total = sum(s.weight for s in spec.data.sources)
+    share = {
+        role: 100.0 * sum(s.weight for s in spec.data.sources if s.role == role) / total for role in api.SourceRole
+    }
+    replay = share[api.SourceRole.replay]
+    lo, hi = api.REPLAY_RANGE_PCT
+    if replay == 0:
+        out.append(
+            Problem(
+                "spec.data.sources",
+                "no source with role: replay (weight > 0); without replay of general data continued "
+                f"pre-training tends to catastrophically forget general capabilities; add {lo:g}-{hi:g} % "
+                "general data, which also gives the forgetting watch its general holdout",
+            )
+        )
+    elif not lo <= replay <= hi:
+        effect = "too little to prevent forgetting" if replay < lo else "slows domain learning"
+        out.append(
+            Problem(
+                "spec.data.sources",
+                f"replay is {replay:.1f} % of the mixture; recommended {lo:g}-{hi:g} % ({effect})",
+            )
+        )
+    if kind == "instruct":
+        instruction = share[api.SourceRole.instruction]
+        lo, hi = api.INSTRUCTION_RANGE_PCT
+        if instruction == 0:
+            out.append(
+                Problem(
+                    "spec.data.sources",
+                    "instruct model without instruction data: continued pre-training on raw text erodes "
+                    f"instruction following; add {lo:g}-{hi:g} % chat data (role: instruction, format: chat)",
+                )
+            )
+        elif not lo <= instruction <= hi:
+            out.append(
+                Problem(
+                    "spec.data.sources",
+                    f"instruction data is {instruction:.1f} % of the mixture; recommended {lo:g}-{hi:g} % "
+                    "(enough to keep instruction following without diluting the domain signal)",
+                )
+            )
+    for i, source in enumerate(spec.data.sources):
+        if source.role == api.SourceRole.instruction and source.format != api.SourceFormat.chat:
+            out.append(
+                Problem(
+                    f"spec.data.sources[{i}].format",
+                    "instruction sources are usually format: chat, so that loss falls on assistant turns only",
+                )
+            )
+    if spec.data.validation.holdout_documents == 0:
+        out.append(
+            Problem(
+                "spec.data.validation.holdoutDocuments",
+                "0 disables evaluation: no domain/general loss and no forgetting watch",
+            )
+        )
+    if spec.checkpoint.interval_steps >= spec.total_steps:
+        out.append(
+            Problem(
+                "spec.checkpoint.intervalSteps",
+                f"{spec.checkpoint.interval_steps} >= the job's {spec.total_steps} steps: only the final "
+                "checkpoint is written, so a failure restarts from step 0",
+            )
+        )
+    managed = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"}
+    for key in sorted(managed & set(spec.deepspeed.config)):
+        out.append(
+            Problem(
+                f"spec.deepspeed.config.{key}",
+                "overrides the batch geometry derived from training.globalBatchTokens and microBatchSize",
+            )
+        )
+    return out

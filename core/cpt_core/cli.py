@@ -1,0 +1,205 @@
+"""`cpt`: the command line of cpt-operator, composed lazily from each side's commands.
+
+`COMMANDS` maps a subcommand to `"module:function"`. A subcommand's module is imported only
+when that subcommand runs (help texts are in the table), so `cpt validate` starts in well under
+a second, the operator image runs `cpt operator` without torch or Ray, and the trainer image runs
+`cpt train` without kopf. The commands of the contract itself (validate, crd, api-docs) live here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .api.v1alpha1 import CPTJob
+
+
+@dataclass(frozen=True)
+class Entry:
+    target: str  # "module:function" of a click command
+    help: str  # one line for `cpt --help` (the module is not imported to list it)
+    extra: str = ""  # the package extra the command needs
+    hidden: bool = False  # internal: run by the operator or `make`, not by users
+
+
+COMMANDS: dict[str, Entry] = {
+    "validate": Entry("cpt_core.cli:validate", "Validate CPTJob manifests (schema, CEL rules, semantic checks)."),
+    "prepare": Entry("cpt_trainer.cli:prepare", "Tokenize, pack and cache the job's data.", "trainer"),
+    "run": Entry("cpt_trainer.cli:run", "Run a CPTJob on this machine (embedded Ray).", "trainer"),
+    "render": Entry("cpt_operator.cli:render", "Print the ConfigMap and RayJob the operator would create."),
+    "operator": Entry("cpt_operator.cli:operator", "Run the operator: reconcile CPTJobs into RayJobs.", "operator"),
+    "crd": Entry("cpt_core.cli:crd", "Print the CPTJob CustomResourceDefinition."),
+    "train": Entry("cpt_trainer.cli:train", "The RayJob entrypoint (run by the operator).", "trainer", hidden=True),
+    "api-docs": Entry("cpt_core.cli:api_docs", "Print the generated references (make docs).", hidden=True),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use (click's documented pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        entry = COMMANDS.get(name)
+        if entry is None:
+            return None
+        module, _, attribute = entry.target.partition(":")
+        try:
+            command = getattr(importlib.import_module(module), attribute)
+        except ImportError as exc:
+            return _missing(name, entry, exc)
+        command.hidden = entry.hidden
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, entry.help) for name, entry in COMMANDS.items() if not entry.hidden]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def _missing(name: str, entry: Entry, exc: ImportError) -> click.Command:
+    """A stand-in that says which extra to install, instead of an ImportError traceback."""
+
+    @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def missing() -> None:
+        fail(f"`cpt {name}` needs the '{entry.extra}' extra: pip install 'cpt-operator[{entry.extra}]' ({exc})")
+
+    return missing
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cpt")
+def main() -> None:
+    """Continued pre-training of language models on Kubernetes (and on your laptop)."""
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def setup_logging(level: int | None = None) -> None:
+    """Our loggers at INFO on stderr; third-party libraries stay at WARNING (celpy and Ray are chatty)."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("cpt_core", "cpt_operator", "cpt_trainer"):
+        logging.getLogger(name).setLevel(level or logging.INFO)
+
+
+def quiet_logging_level() -> int:
+    """DEBUG with CPT_DEBUG set, else WARNING (for commands that draw their own progress)."""
+    return logging.DEBUG if os.environ.get("CPT_DEBUG") else logging.WARNING
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One line on stderr, then exit: what every command does on an error it understands."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def needs(command: str, extra: str) -> Iterator[None]:
+    """Turn a missing optional dependency into one line that names the extra to install."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        fail(f"`cpt {command}` needs the '{extra}' extra: pip install 'cpt-operator[{extra}]' ({exc})")
+
+
+def load_local_job(path: Path, local: bool = True) -> CPTJob:
+    """The job in `path` (relative paths resolved against its directory when `local`), or a clean exit."""
+    from .api.validation import InvalidJob, UnreadableFile, load_job, recommendations
+
+    try:
+        job = load_job(path, local=local)
+    except UnreadableFile as exc:
+        fail(str(exc), 2)
+    except InvalidJob as exc:
+        for problem in exc.errors:
+            click.echo(f"{path}: {problem}", err=not local)
+        sys.exit(1)
+    if local:
+        for problem in recommendations(job.spec):
+            click.echo(f"{path}: warning: {problem}", err=True)
+    return job
+
+
+# --------------------------------------------------------------------------- the contract's commands
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-q", "--quiet", is_flag=True, help="Print problems only, not the valid files.")
+def validate(files: tuple[Path, ...], quiet: bool) -> None:
+    """Validate CPTJob manifests against the API (schema, CEL rules, semantic checks).
+
+    Exit status: 0 when every document is valid, 1 when any is invalid, 2 when a file cannot
+    be read. Problems go to stdout, one per line; warnings go to stderr.
+    """
+    from .api.validation import InvalidJob, UnreadableFile, load_documents
+    from .api.validation import validate as check
+
+    invalid = unreadable = False
+    for path in files:
+        try:
+            docs = load_documents(path)
+        except UnreadableFile as exc:
+            click.echo(str(exc), err=True)
+            unreadable = True
+            continue
+        except InvalidJob as exc:
+            for problem in exc.errors:
+                click.echo(f"{path}: {problem}")
+            invalid = True
+            continue
+        for index, doc in enumerate(docs, start=1):
+            where = f"{path}#{index}" if len(docs) > 1 else str(path)
+            report = check(doc)
+            for problem in report.errors:
+                click.echo(f"{where}: {problem}")
+            for problem in report.warnings:
+                click.echo(f"{where}: warning: {problem}", err=True)
+            if report.errors:
+                invalid = True
+            elif not quiet and report.job is not None:
+                click.echo(f"{where}: valid CPTJob '{report.job.metadata.name}'", err=True)
+    sys.exit(2 if unreadable else 1 if invalid else 0)
+
+
+@click.command()
+@click.option("--helm", is_flag=True, help="Print the Helm chart's CRD template instead (gated by crds.enabled).")
+def crd(helm: bool) -> None:
+    """Print the CPTJob CustomResourceDefinition generated from the API models."""
+    from .api.crd import crd_yaml, helm_crd_template
+
+    click.echo(helm_crd_template() if helm else crd_yaml(), nl=False)
+
+
+@click.command("api-docs")
+@click.option(
+    "--what",
+    type=click.Choice(["api", "progress", "reasons"]),
+    default="api",
+    help="api: docs/api.md; progress: docs/progress.md; reasons: the troubleshooting table of docs/operations.md.",
+)
+def api_docs(what: str) -> None:
+    """Print a reference generated from the API models."""
+    from .api.docs import api_reference, progress_reference
+    from .reasons import reasons_table
+
+    text: dict[str, Any] = {"api": api_reference, "progress": progress_reference, "reasons": reasons_table}
+    click.echo(text[what](), nl=False)
+
+
+if __name__ == "__main__":
+    main()

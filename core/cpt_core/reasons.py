@@ -1,0 +1,257 @@
+"""The vocabulary of a CPTJob's life: condition types and reasons, as types.
+
+Every reason the trainer, the launcher, KubeRay or the operator can report is a `Reason` with a
+terminal flag (a restart cannot fix it: the job fails at once), the place a user sees it, and a
+one-line meaning and fix. The state machine decides retry-or-fail from the flag, writers can only
+name members (a typo is a NameError, not a silent retry), and the troubleshooting table in
+docs/operations.md is generated from here (`cpt api-docs --reasons`, drift-tested).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ConditionType(str, Enum):
+    """The `type` of a status condition (metav1.Condition)."""
+
+    Validated = "Validated"
+    StorageReady = "StorageReady"
+    ClusterReady = "ClusterReady"
+    Training = "Training"
+    ForgettingDetected = "ForgettingDetected"
+    Succeeded = "Succeeded"
+    Failed = "Failed"
+
+
+PREFLIGHT = "StorageReady=False"
+FAILED = "Failed=True"
+RETRIED = "AttemptFailed event"
+EVENT = "event"
+CONDITION = "condition"
+
+
+class Reason(str, Enum):
+    """A CamelCase reason: in conditions, events and the progress file."""
+
+    terminal: bool
+    where: str
+    description: str
+
+    def __new__(cls, value: str, terminal: bool, where: str, description: str) -> Reason:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.terminal = terminal
+        member.where = where
+        member.description = description
+        return member
+
+    # -- preflight: checked before any GPU is requested; retried with backoff ----------------
+    SecretNotFound = (
+        "SecretNotFound",
+        False,
+        PREFLIGHT,
+        "the `spec.storage.credentialsSecret` Secret is missing, lacks `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, "
+        "or is unreadable; the message has the `kubectl create secret` command. Retried with backoff.",
+    )
+    AccessDenied = (
+        "AccessDenied",
+        False,
+        PREFLIGHT,
+        "S3 rejected the credentials, or they cannot write below `checkpoint.uri`. Check the keys and the bucket "
+        "policy. Retried with backoff.",
+    )
+    BucketUnreachable = (
+        "BucketUnreachable",
+        False,
+        PREFLIGHT,
+        "the endpoint does not answer in time or the bucket does not exist; check `spec.storage.endpoint` and the "
+        "bucket names in the URIs. Retried with backoff.",
+    )
+    DataNotFound = (
+        "DataNotFound",
+        False,
+        PREFLIGHT,
+        "a data URI (named in the message as `spec.data.sources[i].uris[j]`) or the s3:// model source lists no "
+        "objects. Retried with backoff.",
+    )
+    CheckpointNotOnObjectStorage = (
+        "CheckpointNotOnObjectStorage",
+        False,
+        PREFLIGHT,
+        "`checkpoint.uri` is a local path; on a cluster it must be `s3://` (local paths work with `cpt run`).",
+    )
+
+    # -- reported by the trainer: a restart cannot fix these ---------------------------------
+    NonFiniteLoss = (
+        "NonFiniteLoss",
+        True,
+        FAILED,
+        "the loss became NaN/inf; nothing was saved after it. Lower the learning rate or check the data; re-apply "
+        "to resume from the last committed checkpoint.",
+    )
+    DataError = (
+        "DataError",
+        True,
+        FAILED,
+        "unreadable or malformed data; the message names the source, file and line.",
+    )
+    ModelSourceError = (
+        "ModelSourceError",
+        True,
+        FAILED,
+        "the model or tokenizer cannot be loaded, or they do not match.",
+    )
+    ResumeMismatch = (
+        "ResumeMismatch",
+        True,
+        FAILED,
+        "the data, weights or seed changed since the checkpoint; restore them, use a new `checkpoint.uri`, or set "
+        "`data.allowChangesOnResume: true`.",
+    )
+    CheckpointOwnedByAnotherJob = (
+        "CheckpointOwnedByAnotherJob",
+        True,
+        FAILED,
+        "`checkpoint.uri` holds the run of a job with another name. Use another URI.",
+    )
+    InvalidSpec = (
+        "InvalidSpec",
+        True,
+        FAILED,
+        "the object passed the CRD schema but not the semantic checks (or the batch does not divide over the "
+        "workers); run `cpt validate` on it.",
+    )
+    ForgettingDetected = (
+        "ForgettingDetected",
+        True,
+        FAILED,
+        "general loss rose past `maxGeneralLossIncrease`; with `action: stop` the job checkpointed and stopped. "
+        "Add replay data or lower the LR.",
+    )
+
+    # -- reported by the trainer: retried from the last committed checkpoint ------------------
+    TrainingFailed = (
+        "TrainingFailed",
+        False,
+        RETRIED,
+        "the training processes crashed (lost node, OOM, a bug); the message has the root cause. Retried.",
+    )
+    FencedOut = (
+        "FencedOut",
+        False,
+        RETRIED,
+        "a newer attempt took over the run directory; this attempt stopped without writing.",
+    )
+
+    # -- KubeRay's RayJob status.reason ------------------------------------------------------
+    DeadlineExceeded = (
+        "DeadlineExceeded",
+        True,
+        FAILED,
+        "`runPolicy.activeDeadlineSeconds` passed (KubeRay stopped the attempt).",
+    )
+    ValidationFailed = (
+        "ValidationFailed",
+        True,
+        FAILED,
+        "KubeRay rejected the RayJob the operator built; the message has KubeRay's words. Report it as a bug.",
+    )
+    SubmissionFailed = (
+        "SubmissionFailed",
+        False,
+        RETRIED,
+        "KubeRay could not submit the training entrypoint to the Ray cluster. Retried.",
+    )
+    AppFailed = (
+        "AppFailed",
+        False,
+        RETRIED,
+        "the Ray job failed; see the Ray head's logs. Retried.",
+    )
+    JobDeploymentStatusTransitionGracePeriodExceeded = (
+        "JobDeploymentStatusTransitionGracePeriodExceeded",
+        False,
+        RETRIED,
+        "KubeRay gave up waiting for the Ray cluster (image pull, scheduling). Retried.",
+    )
+
+    # -- decided by the operator --------------------------------------------------------------
+    RayJobFailed = (
+        "RayJobFailed",
+        False,
+        RETRIED,
+        "the RayJob failed without a reason from KubeRay or the trainer. Retried.",
+    )
+    RayJobMissing = (
+        "RayJobMissing",
+        False,
+        RETRIED,
+        "the RayJob was deleted by someone else. Retried.",
+    )
+    NoResult = (
+        "NoResult",
+        False,
+        RETRIED,
+        "the RayJob completed but the trainer wrote no final state (e.g. killed during export). Retried.",
+    )
+    RestartLimitReached = (
+        "RestartLimitReached",
+        True,
+        FAILED,
+        "`runPolicy.maxRestarts` attempts failed. Fix the cause (see the AttemptFailed events and the Ray logs), "
+        "then delete and re-apply the job: it resumes.",
+    )
+    Completed = ("Completed", False, "Succeeded=True", "training finished and the model was exported.")
+
+    # -- events and the other conditions ------------------------------------------------------
+    AttemptStarted = ("AttemptStarted", False, EVENT, "a RayJob was created for a new attempt.")
+    AttemptFailed = (
+        "AttemptFailed",
+        False,
+        EVENT,
+        "an attempt failed; the event names the cause and the checkpoint step the next attempt resumes from.",
+    )
+    Resumed = ("Resumed", False, EVENT, "`runPolicy.suspend` was set back to false; a new attempt resumes.")
+    RecommendedPractice = (
+        "RecommendedPractice",
+        False,
+        EVENT,
+        "the spec deviates from recommended CPT practice (learning rate, data mix); a warning, never a rejection.",
+    )
+    Valid = ("Valid", False, CONDITION, "Validated=True: the spec passed every check.")
+    ValidWithWarnings = ("ValidWithWarnings", False, CONDITION, "Validated=True, with recommended-practice warnings.")
+    Ready = ("Ready", False, CONDITION, "StorageReady=True: credentials, buckets, data and checkpoint prefix checked.")
+    Creating = ("Creating", False, CONDITION, "ClusterReady=False: the RayJob was created, the cluster is starting.")
+    Running = ("Running", False, CONDITION, "ClusterReady=True: the Ray cluster is up.")
+    Training = ("Training", False, CONDITION, "Training=True: the trainer reports steps.")
+    Suspended = ("Suspended", False, CONDITION, "`runPolicy.suspend` is true: the RayJob is deleted, checkpoints kept.")
+    GeneralLossIncreased = (
+        "GeneralLossIncreased",
+        False,
+        CONDITION,
+        "ForgettingDetected=True: general loss rose past the limit (with `action: warn` training goes on).",
+    )
+
+    @classmethod
+    def parse(cls, text: str | None) -> Reason | None:
+        """The member named `text`; None for a reason this version does not know (never terminal)."""
+        return cls._value2member_map_.get(text or "")  # type: ignore[return-value]
+
+    @classmethod
+    def is_terminal(cls, text: str | None) -> bool:
+        reason = cls.parse(text)
+        return reason is not None and reason.terminal
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def reasons_table() -> str:
+    """The troubleshooting table of docs/operations.md (generated; a test fails on drift)."""
+    lines = ["| reason | where | terminal | meaning and fix |", "|---|---|---|---|"]
+    for reason in Reason:
+        lines.append(
+            f"| `{reason.value}` | {reason.where} | {'yes' if reason.terminal else ''} | {reason.description} |"
+        )
+    return "\n".join(lines) + "\n"

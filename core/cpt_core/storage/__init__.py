@@ -1,0 +1,36 @@
+"""One storage interface for the trainer and the operator: local paths and S3-compatible stores.
+
+URIs are `s3://bucket/key`, `file:///abs/path` or plain paths. `Storage` lists, reads and
+writes small objects atomically (readers never see half a file: local writes go to a temp
+file that is renamed into place; an S3 PUT is atomic by nature), and moves whole
+directories in parallel for checkpoints.
+
+S3 settings come from `spec.storage` plus the environment: credentials only from
+`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN` (the operator injects them
+from the referenced Secret) or boto3's default chain; they are never logged or repr'd.
+Errors are translated into `StorageError`s that say what to fix.
+"""
+
+from .locations import (
+    AccessDenied,
+    Location,
+    NotFound,
+    ObjectInfo,
+    S3Settings,
+    StorageError,
+    Unreachable,
+    parse_uri,
+)
+from .store import Storage
+
+__all__ = [
+    "AccessDenied",
+    "Location",
+    "NotFound",
+    "ObjectInfo",
+    "S3Settings",
+    "Storage",
+    "StorageError",
+    "Unreachable",
+    "parse_uri",
+]

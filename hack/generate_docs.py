@@ -1,0 +1,44 @@
+"""Regenerate the references derived from the code: docs/api.md, docs/progress.md, and the
+troubleshooting table of docs/operations.md (between its `reasons:begin` / `reasons:end` markers).
+
+`make docs` runs this; tests/unit/test_crd.py fails when a committed file differs from `generated()`.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+from cpt_core.api.docs import api_reference, progress_reference  # noqa: E402
+from cpt_core.reasons import reasons_table  # noqa: E402
+
+_REASONS = re.compile(r"(<!-- reasons:begin[^\n]*-->\n).*?(<!-- reasons:end -->)", re.S)
+
+
+def splice_reasons(text: str) -> str:
+    if not _REASONS.search(text):
+        raise SystemExit("docs/operations.md lost its <!-- reasons:begin --> / <!-- reasons:end --> markers")
+    return _REASONS.sub(lambda m: m.group(1) + reasons_table() + m.group(2), text)
+
+
+def generated() -> dict[str, str]:
+    return {
+        "docs/api.md": api_reference(),
+        "docs/progress.md": progress_reference(),
+        "docs/operations.md": splice_reasons((ROOT / "docs" / "operations.md").read_text()),
+    }
+
+
+def main() -> None:
+    for relative, text in generated().items():
+        path = ROOT / relative
+        if path.read_text() != text:
+            path.write_text(text)
+            print(f"wrote {relative}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

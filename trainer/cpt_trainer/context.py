@@ -1,0 +1,48 @@
+"""Where a training process runs and which attempt it belongs to, with the few collectives the
+trainer's parts need (all tensors on the process's device, so they work with gloo and NCCL)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class RunContext:
+    """One training process of one attempt."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    attempt: int = 1
+    job: str = "job"
+    uid: str | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda", self.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+    @property
+    def leader(self) -> bool:
+        """Rank 0: the one that commits checkpoints and writes progress."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def all_true(self, flag: bool) -> bool:
+        """Whether `flag` holds on every rank (one tiny all-reduce)."""
+        if self.world == 1:
+            return flag
+        value = torch.tensor([1 if flag else 0], dtype=torch.int64, device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        return bool(value.item())
+
+    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum `values` (on this process's device) over every rank, in place."""
+        if self.world > 1:
+            dist.all_reduce(values)
+        return values

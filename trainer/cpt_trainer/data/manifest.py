@@ -1,0 +1,77 @@
+"""The cache manifest: what one prepared source holds, written last into `<cacheUri>/<key>/`.
+
+Its presence marks a complete cache entry; it is validated before the entry is used (a
+manifest that does not parse as this model is a damaged entry and is rebuilt, never trusted).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, indent=2)
+
+
+class Split(_Model):
+    """One split (train or holdout) of a prepared source."""
+
+    rows: int = Field(ge=0)
+    """Packed rows of sequenceLength tokens."""
+    shards: int = Field(ge=0)
+    """Shard files."""
+    documents: int = Field(ge=0)
+    """Documents packed into it."""
+    tokens: int = Field(ge=0)
+    """Tokens in it (train: rows x sequenceLength; holdout: document tokens before padding)."""
+    dropped_tail_tokens: int = 0
+    """Train: tokens of the last, incomplete row (dropped)."""
+    padded_tokens: int = 0
+    """Holdout: padding added to complete its last row."""
+
+
+class SkipExample(_Model):
+    file: str
+    line: int
+    reason: str
+
+
+class Skipped(_Model):
+    """Records that were not trained on, counted and exemplified."""
+
+    count: int = 0
+    malformed: int = 0
+    empty: int = 0
+    examples: list[SkipExample] = Field(default_factory=list)
+
+
+class Manifest(_Model):
+    """`<cacheUri>/<key>/manifest.json`."""
+
+    version: int
+    """Pipeline version (bumped when the shard format or packing rules change)."""
+    key: str
+    """The content address (sha256 of the inputs)."""
+    source: str
+    """Source name."""
+    format: str
+    """Source format."""
+    sequence_length: int = Field(gt=0)
+    dtype: str
+    """Token dtype of the shards (uint16 or uint32)."""
+    rows_per_shard: int = Field(gt=0)
+    vocab_size: int = Field(gt=0)
+    files: int = Field(ge=0)
+    """Input files read."""
+    ignored_files: list[str] = Field(default_factory=list)
+    """Examples of listed objects that were not inputs (wrong suffix)."""
+    ignored_file_count: int = 0
+    documents: int = Field(ge=0)
+    train: Split
+    holdout: Split
+    skipped: Skipped = Field(default_factory=Skipped)
+    created_at: str

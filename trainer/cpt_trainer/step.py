@@ -1,0 +1,74 @@
+"""One optimizer step: gradient accumulation over micro-batches, with a NaN guard that costs one
+host synchronisation per step, not one per micro-batch.
+
+The micro-batch losses are summed on the device. Before the last micro-batch's `engine.step()`
+(the accumulation boundary, where DeepSpeed applies the update) the ranks agree whether the sum
+is finite; if not, the update is never applied -- the weights in memory stay finite and nothing
+is saved -- and `NonFiniteLoss` ends the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from cpt_core.reasons import Reason
+
+from .context import RunContext
+from .data import MicroBatch
+from .hooks import TrainerHooks
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+
+class NonFiniteLoss(RuntimeError):
+    reason = Reason.NonFiniteLoss
+
+
+def set_lr(engine: Any, lr: float) -> None:
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
+
+
+class TrainStep:
+    """Runs optimizer steps on a DeepSpeed engine."""
+
+    def __init__(
+        self, trainer: Trainer, engine: Any, ctx: RunContext, accumulation: int, hooks: Sequence[TrainerHooks]
+    ) -> None:
+        self.trainer, self.engine, self.ctx = trainer, engine, ctx
+        self.accumulation = accumulation
+        self.hooks = list(hooks)
+
+    def __call__(self, batches: Iterator[MicroBatch], step: int, lr: float) -> float:
+        """Optimizer step `step` (1-based) at learning rate `lr`; returns the mean loss over all ranks."""
+        set_lr(self.engine, lr)
+        device = self.ctx.device
+        total = torch.zeros((), dtype=torch.float32, device=device)
+        for micro in range(self.accumulation):
+            batch = next(batches)
+            loss = self.engine(
+                input_ids=torch.from_numpy(batch.input_ids).to(device, non_blocking=True),
+                labels=torch.from_numpy(batch.labels).to(device, non_blocking=True),
+                position_ids=torch.from_numpy(batch.position_ids).to(device, non_blocking=True),
+            ).loss
+            for hook in self.hooks:
+                loss = hook.on_loss(self.trainer, step, loss)
+            total += loss.detach().float()
+            self.engine.backward(loss)
+            if micro < self.accumulation - 1:
+                self.engine.step()  # not a boundary: DeepSpeed only accumulates
+        # One synchronisation per step: the summed loss and whether any rank saw a non-finite one.
+        summary = torch.stack([total, (~torch.isfinite(total)).float()]).double()
+        self.ctx.all_sum(summary)
+        loss_sum, non_finite = summary.tolist()
+        if non_finite:
+            raise NonFiniteLoss(
+                f"the training loss became NaN/inf at step {step}; nothing was saved, the last committed "
+                "checkpoint (none yet) is intact. Lower training.learningRate, keep training.gradClip > 0, or check "
+                "the data"
+            )
+        self.engine.step()  # the accumulation boundary: the update is applied
+        return float(loss_sum / (self.accumulation * self.ctx.world))
