@@ -20,6 +20,7 @@ class ConditionType(str, Enum):
     ClusterReady = "ClusterReady"
     Training = "Training"
     ForgettingDetected = "ForgettingDetected"
+    ProbesPassed = "ProbesPassed"
     Succeeded = "Succeeded"
     Failed = "Failed"
 
@@ -222,6 +223,19 @@ class Reason(str, Enum):
     Valid = ("Valid", False, CONDITION, "Validated=True: the spec passed every check.")
     ValidWithWarnings = ("ValidWithWarnings", False, CONDITION, "Validated=True, with recommended-practice warnings.")
     Ready = ("Ready", False, CONDITION, "StorageReady=True: credentials, buckets, data and checkpoint prefix checked.")
+    StageStarted = ("StageStarted", False, EVENT, "training entered the next stage of spec.stages.")
+    ProbeTargetMet = (
+        "ProbeTargetMet",
+        False,
+        CONDITION,
+        "ProbesPassed=True: the latest probe F1 reaches evaluation.probeTargetF1.",
+    )
+    ProbeTargetMissed = (
+        "ProbeTargetMissed",
+        False,
+        CONDITION,
+        "ProbesPassed=False: the latest probe F1 is below evaluation.probeTargetF1 (training goes on).",
+    )
     Creating = ("Creating", False, CONDITION, "ClusterReady=False: the RayJob was created, the cluster is starting.")
     Running = ("Running", False, CONDITION, "ClusterReady=True: the Ray cluster is up.")
     Training = ("Training", False, CONDITION, "Training=True: the trainer reports steps.")

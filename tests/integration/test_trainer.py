@@ -13,75 +13,22 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from cpt_core.api.progress import Progress
 from cpt_core.api.v1alpha1 import CPTJobSpec
 from cpt_core.storage import S3Settings, Storage
 from cpt_trainer.checkpoint import COMMITTED, CheckpointStore, FencedOut, IdentityMismatch
 from cpt_trainer.data import SamplerStateMismatch, prepare
 from cpt_trainer.engine import init_distributed_single_process
-from cpt_trainer.hooks import TrainerHooks
 from cpt_trainer.sources import ModelSourceError
 from cpt_trainer.trainer import RunContext, Trainer
 
 from devkit.jobs import tiny_job
 from tests.support.faults import Faults, InjectedFault
+from tests.support.trainer_runs import AfterStep, Record, make_trainer, read_progress, spec_for
 
 
 @pytest.fixture(scope="module", autouse=True)
 def process_group() -> None:
     init_distributed_single_process()
-
-
-def spec_for(run: Path, **overrides: Any) -> CPTJobSpec:
-    base: dict[str, Any] = {
-        "spec": {
-            "training": {"steps": 8, "globalBatchTokens": 512, "microBatchSize": 2},
-            "checkpoint": {"uri": str(run) + "/", "intervalSteps": 2, "keepLast": 3, "export": {"dtype": "float32"}},
-            "evaluation": {"intervalSteps": 4, "maxBatches": 2},
-            "data": {"cacheUri": str(run.parent / "cache") + "/"},
-        }
-    }
-    job = tiny_job(**base)
-    doc = job.spec.wire()
-    _merge(doc, overrides)
-    return CPTJobSpec.model_validate(doc)
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-
-
-class Record(TrainerHooks):
-    """Remembers (step, loss) of every step this process trained."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[int, float]] = []
-
-    def after_step(self, trainer: Any) -> None:
-        self.seen.append((trainer.state.step, trainer.state.losses[trainer.state.step]))
-
-
-class AfterStep(TrainerHooks):
-    def __init__(self, action: Any) -> None:
-        self.action = action
-
-    def after_step(self, trainer: Any) -> None:
-        self.action(trainer)
-
-
-def make_trainer(spec: CPTJobSpec, attempt: int = 1, job: str = "t", hooks: tuple[TrainerHooks, ...] = ()) -> Trainer:
-    prepared = prepare(spec.resolved(), Storage()).sources
-    trainer = Trainer(spec, prepared, S3Settings(), RunContext(attempt=attempt, job=job), hooks=hooks)
-    trainer.setup()
-    return trainer
-
-
-def read_progress(run: Path) -> Progress:
-    return Progress.model_validate_json((run / "_status" / "progress.json").read_text())
 
 
 def test_interrupted_run_resumes_exactly(tmp_path: Path) -> None:

@@ -7,7 +7,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from cpt_core.api.progress import CheckpointRef, EvalResult, EvaluationStatus, OutputStatus, Progress, TrainingProgress
+from cpt_core.api.progress import (
+    CheckpointRef,
+    EvalResult,
+    EvaluationStatus,
+    OutputStatus,
+    ProbeScores,
+    Progress,
+    StageStatus,
+    TrainingProgress,
+)
 from cpt_core.api.v1alpha1 import CPTJob, CPTJobStatus, Phase
 from cpt_core.reasons import Reason
 from cpt_operator.controller.state import (
@@ -319,3 +328,38 @@ def test_condition_transition_time_only_changes_with_status() -> None:
     before = {c.type: c.last_transition_time for c in first.status.conditions}
     after = {c.type: c.last_transition_time for c in later.status.conditions}
     assert before["Training"] == after["Training"]
+
+
+def staged_progress(stage: str, step: int) -> Progress:
+    stages = [
+        StageStatus(name="qa", phase="Succeeded" if step >= 4 else "Running", total_steps=4),
+        StageStatus(name="cpt", phase="Running" if step >= 4 else "Pending", total_steps=26),
+    ]
+    p = progress(step=step)
+    return p.model_copy(update={"stage": stage, "stages": stages})
+
+
+def test_each_stage_transition_is_one_event() -> None:
+    first = reconcile(job(Phase.Running, 1), Observed(rayjob(), staged_progress("qa", 2), now=NOW))
+    assert [e.message for e in first.events if e.reason == "StageStarted"] == ["stage qa (1/2) at step 2"]
+    assert first.status.stage == "qa" and [s.name for s in first.status.stages] == ["qa", "cpt"]
+    again = job(Phase.Running, 1)
+    again.status = first.status
+    same = reconcile(again, Observed(rayjob(), staged_progress("qa", 3), now=NOW))
+    assert not [e for e in same.events if e.reason == "StageStarted"]
+    again.status = same.status
+    moved = reconcile(again, Observed(rayjob(), staged_progress("cpt", 5), now=NOW))
+    assert [e.message for e in moved.events if e.reason == "StageStarted"] == ["stage cpt (2/2) at step 5"]
+    assert moved.status.stages[0].phase == "Succeeded"
+
+
+def test_probe_target_sets_a_condition() -> None:
+    j = job(Phase.Running, 1)
+    j.spec.evaluation.probe_target_f1 = 0.5
+    latest = EvalResult(step=10, probes=ProbeScores(exact_match=0.2, f1=0.4, count=40))
+    p = progress(evaluation=EvaluationStatus(baseline=latest, latest=latest))
+    missed = reconcile(j, Observed(rayjob(), p, now=NOW))
+    assert conditions(missed)["ProbesPassed"] == ("False", "ProbeTargetMissed")
+    hit = latest.model_copy(update={"probes": ProbeScores(exact_match=0.5, f1=0.6, count=40)})
+    met = reconcile(j, Observed(rayjob(), progress(evaluation=EvaluationStatus(baseline=latest, latest=hit)), now=NOW))
+    assert conditions(met)["ProbesPassed"] == ("True", "ProbeTargetMet")

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 COMMITTED = "COMMITTED"
 STATE_FILE = "trainer_state.json"
+SHARED_STATE = "shared_state.pt"
 TAG = "ckpt"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
@@ -179,14 +180,20 @@ class CheckpointStore:
 
     # -- save -----------------------------------------------------------------------------
 
-    def save(self, engine: Any, step: int, rank_state: dict[str, Any]) -> PendingUpload:
-        """Save this rank's shards locally (collective) and start uploading them in the background."""
+    def save(
+        self, engine: Any, step: int, rank_state: dict[str, Any], shared_state: dict[str, Any] | None = None
+    ) -> PendingUpload:
+        """Save this rank's shards locally (collective) and start uploading them in the background.
+
+        `shared_state` (tensors every rank needs, the same on all) is written once, by rank 0."""
         import torch
 
         started = time.monotonic()
         local = Path(tempfile.mkdtemp(prefix=f"cpt-ckpt-{step}-r{self.rank}-"))
         engine.save_checkpoint(str(local), tag=TAG, client_state={})
         torch.save(rank_state, local / f"rank_state_{self.rank:05d}.pt")
+        if shared_state and self.rank == 0:
+            torch.save(shared_state, local / SHARED_STATE)
         save_seconds = time.monotonic() - started
         target = self.step_location(step)
         pending = PendingUpload(step, local, threading.Thread(), save_seconds=save_seconds)
@@ -244,8 +251,9 @@ class CheckpointStore:
 
     # -- load -----------------------------------------------------------------------------
 
-    def load(self, engine: Any, checkpoint: Committed) -> dict[str, Any]:
-        """Load this rank's shards of a committed checkpoint into the engine; returns this rank's state."""
+    def load(self, engine: Any, checkpoint: Committed) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Load this rank's shards of a committed checkpoint into the engine; returns (this rank's state,
+        the shared state)."""
         import torch
 
         written_by = int(checkpoint.state.get("world", self.world))
@@ -264,6 +272,9 @@ class CheckpointStore:
                     self.storage.download_file(obj.location, local / relative)
             engine.load_checkpoint(str(local), tag=TAG, load_module_strict=True)
             state_file = local / f"rank_state_{self.rank:05d}.pt"
-            return torch.load(state_file, weights_only=False) if state_file.exists() else {}
+            shared_file = local / SHARED_STATE
+            rank_state = torch.load(state_file, weights_only=False) if state_file.exists() else {}
+            shared = torch.load(shared_file, weights_only=False, map_location="cpu") if shared_file.exists() else {}
+            return rank_state, shared
         finally:
             shutil.rmtree(local, ignore_errors=True)

@@ -6,6 +6,9 @@ that are the same on every rank go into `trainer_state.json` under their names, 
 (local save, background upload, COMMITTED marker, fencing, retention) is `CheckpointStore`'s;
 this class decides when the ranks agree that a checkpoint can be committed:
 
+Parts every rank needs in full (tensors: the regularisation anchor) are saved once, by rank 0, into
+`shared_state.pt`, and loaded by every rank.
+
 - `save(step)`: every rank saves its shards locally (the only stall) and uploads in the background;
 - `poll()`: once a step, one tiny all-reduce asks whether every upload finished; then rank 0 commits;
 - `finish()`: wait for the pending upload and commit it (at the end, before a new save, on failure).
@@ -31,9 +34,10 @@ class Checkpointer:
         keep_last: int,
         parts: dict[str, Stateful],
         rank_parts: dict[str, Stateful],
+        shared_parts: dict[str, Stateful] | None = None,
     ) -> None:
         self.store, self.ctx, self.keep_last = store, ctx, keep_last
-        self.parts, self.rank_parts = parts, rank_parts
+        self.parts, self.rank_parts, self.shared_parts = parts, rank_parts, dict(shared_parts or {})
         self.committed: Committed | None = None
         self._pending_state: dict[str, Any] | None = None
 
@@ -46,12 +50,15 @@ class Checkpointer:
     def restore(self, engine: Any, checkpoint: Committed) -> None:
         """Load a committed checkpoint into the engine and every part (on every rank)."""
         log.info("rank %d: resuming from %s (step %d)", self.ctx.rank, checkpoint.location, checkpoint.step)
-        rank_state = self.store.load(engine, checkpoint)
+        rank_state, shared = self.store.load(engine, checkpoint)
         for name, part in self.parts.items():
             part.load_state_dict(checkpoint.state[name])
         for name, part in self.rank_parts.items():
             if name in rank_state:
                 part.load_state_dict(rank_state[name])
+        for name, part in self.shared_parts.items():
+            if name in shared:
+                part.load_state_dict(shared[name])
         self.committed = checkpoint
 
     # -- save and commit --------------------------------------------------------------------
@@ -62,7 +69,8 @@ class Checkpointer:
         if self.committed is not None and self.committed.step == step:
             return
         rank_state = {name: part.state_dict() for name, part in self.rank_parts.items()}
-        pending = self.store.save(engine, step, rank_state)
+        shared = {name: part.state_dict() for name, part in self.shared_parts.items()}
+        pending = self.store.save(engine, step, rank_state, shared)
         self._pending_state = {name: part.state_dict() for name, part in self.parts.items()}
         log.info(
             "rank %d: checkpoint step %d saved locally in %.2fs (training stall)",

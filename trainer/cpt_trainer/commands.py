@@ -7,10 +7,11 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
+from cpt_core.api.progress import EvalResult, read_progress
 from cpt_core.api.progress import Progress as ProgressFile
-from cpt_core.api.progress import read_progress
 from cpt_core.api.v1alpha1 import CPTJob
 from cpt_core.storage import S3Settings, Storage
 from rich.console import Console
@@ -73,8 +74,13 @@ class ProgressWatcher:
             info.append(f"domain {_fmt(latest.domain_loss, 3)} general {_fmt(latest.general_loss, 3)}")
         if p.evaluation and p.evaluation.forgetting_detected:
             info.append("[red]forgetting![/red]")
+        stages = p.stages or []
+        description: str = p.state
+        if len(stages) > 1 and p.stage:
+            index = next((i for i, s in enumerate(stages) if s.name == p.stage), 0)
+            description = f"{p.state} {p.stage} ({index + 1}/{len(stages)})"
         self.bar.update(
-            self.task, completed=t.step, total=t.total_steps or None, description=p.state, info="  ".join(info)
+            self.task, completed=t.step, total=t.total_steps or None, description=description, info="  ".join(info)
         )
 
     def __enter__(self) -> ProgressWatcher:
@@ -100,23 +106,12 @@ def print_summary(p: ProgressFile | None) -> None:
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
     table.add_column("change", justify="right")
-    if base and last:
-        table.add_row(
-            "domain holdout loss",
-            _fmt(base.domain_loss),
-            _fmt(last.domain_loss),
-            _delta(base.domain_loss, last.domain_loss),
-        )
-        table.add_row(
-            "general holdout loss",
-            _fmt(base.general_loss),
-            _fmt(last.general_loss),
-            _delta(base.general_loss, last.general_loss),
-        )
-    before, after = (evaluation.probes_before, evaluation.probes_after) if evaluation else (None, None)
-    if before and after:
-        table.add_row("probe F1", _fmt(before.f1, 3), _fmt(after.f1, 3), f"{after.f1 - before.f1:+.3f}")
-        table.add_row("probe exact match", _fmt(before.exact_match, 3), _fmt(after.exact_match, 3), "")
+    for label, pick, relative in summary_rows():
+        before, after = (pick(base), pick(last)) if base and last else (None, None)
+        if before is None or after is None:
+            continue
+        change = _delta(before, after) if relative else f"{after - before:+.3f}"
+        table.add_row(label, _fmt(before, 4 if relative else 3), _fmt(after, 4 if relative else 3), change)
     console.print(table)
     console.print(f"steps {p.progress.step}/{p.progress.total_steps}, tokens {p.progress.tokens:,}")
     if p.reason or p.message:
@@ -127,6 +122,22 @@ def print_summary(p: ProgressFile | None) -> None:
         console.print(f"model:  {p.output.model_uri}")
     if p.output and p.output.report_uri:
         console.print(f"report: {p.output.report_uri} (metrics.jsonl, loss.png, summary.json)")
+
+
+def summary_rows() -> list[tuple[str, Callable[[EvalResult], float | None], bool]]:
+    """(label, value of an evaluation, relative change?) of the before/after table."""
+    return [
+        ("domain holdout loss", lambda e: e.domain_loss, True),
+        ("general holdout loss", lambda e: e.general_loss, True),
+        ("chat holdout loss", lambda e: e.instruction_loss, True),
+        ("probe F1", lambda e: e.probes.f1 if e.probes else None, False),
+        ("probe exact match", lambda e: e.probes.exact_match if e.probes else None, False),
+        (
+            "instruction following",
+            lambda e: e.instruction_following.prompt_accuracy if e.instruction_following else None,
+            False,
+        ),
+    ]
 
 
 def exit_code(p: ProgressFile | None) -> int:

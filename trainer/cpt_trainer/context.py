@@ -46,3 +46,11 @@ class RunContext:
         if self.world > 1:
             dist.all_reduce(values)
         return values
+
+    def share(self, value: object) -> object:
+        """Rank 0's `value` on every rank (a picklable object; for small results such as evaluation scores)."""
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0, device=self.device)
+        return box[0]

@@ -18,6 +18,11 @@ from cpt_core.storage import Location, Storage
 
 from .model import DTYPES
 
+#: Present while an export is being written (or was interrupted); model loaders refuse such a directory.
+EXPORTING = "EXPORTING"
+#: Written last: the export is complete.
+EXPORT_RECORD = "cpt_export.json"
+
 
 def consolidated_state_dict(engine: Any, zero_stage: int) -> dict[str, torch.Tensor] | None:
     """The full state dict on rank 0 (None elsewhere). Collective under ZeRO-3."""
@@ -32,11 +37,18 @@ def consolidated_state_dict(engine: Any, zero_stage: int) -> dict[str, torch.Ten
 
 
 def _model_card(spec: CPTJobSpec, job: str, summary: dict[str, Any]) -> str:
-    total = sum(s.weight for s in spec.data.sources)
-    mix = "\n".join(
-        f"| {s.name} | {s.role.value} | {100 * s.weight / total:.1f} % | {', '.join(s.uris)} |"
-        for s in spec.data.sources
-    )
+    from .plan import plan
+
+    stages = plan(spec)
+    header = "| source | role | " + " | ".join(f"share in {s.name}" for s in stages) + " | uris |"
+    rule = "|---|---|" + "---|" * len(stages) + "---|"
+    rows = []
+    for source in spec.data.sources:
+        shares = [
+            f"{100 * stage.weights.get(source.name, 0) / max(1, sum(stage.weights.values())):.1f} %" for stage in stages
+        ]
+        rows.append(f"| {source.name} | {source.role.value} | {' | '.join(shares)} | {', '.join(source.uris)} |")
+    mix = "\n".join([header, rule, *rows])
     metrics = "\n".join(f"| {k} | {v} |" for k, v in summary.items())
     return f"""---
 library_name: transformers
@@ -48,8 +60,6 @@ Continued pre-training of `{spec.model.source}` ({spec.model.kind} model) with c
 
 ## Data mix
 
-| source | role | share | uris |
-|---|---|---|---|
 {mix}
 
 Sequence length {spec.data.sequence_length}, {spec.total_steps} steps of {spec.training.global_batch_tokens} tokens,
@@ -97,9 +107,15 @@ def export_model(
         if generation is not None:
             generation.save_pretrained(out)
         (out / "README.md").write_text(_model_card(spec, job, summary))
-        (out / "cpt_export.json").write_text(json.dumps({"job": job, "dtype": spec.checkpoint.export.dtype, **summary}))
+        # Readers never take a half-written export: EXPORTING is there from before the first file is
+        # replaced until after the last one (and cpt_export.json, the completion record) is written.
         storage.delete_prefix(target)
+        storage.write_text(target.join(EXPORTING), json.dumps({"job": job}))
         storage.upload_dir(out, target)
+        storage.write_text(
+            target.join(EXPORT_RECORD), json.dumps({"job": job, "dtype": spec.checkpoint.export.dtype, **summary})
+        )
+        storage.delete(target.join(EXPORTING))
     return str(target)
 
 

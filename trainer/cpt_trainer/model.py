@@ -130,6 +130,6 @@ def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
             continue
         (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay, "decay": True},
+        {"params": no_decay, "weight_decay": 0.0, "decay": False},
     ]

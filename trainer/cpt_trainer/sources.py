@@ -108,6 +108,11 @@ def _local(path: Path, field: str, origin: str) -> ResolvedSource:
         return ResolvedSource(path.parent, path.name, origin=origin)
     if not path.is_dir():
         raise ModelSourceError(f"{field}: {path} does not exist")
+    if (path / "EXPORTING").exists():
+        raise ModelSourceError(
+            f"{field}: {origin} is an export still being written by a cpt-operator job (or one that was "
+            "interrupted); wait for that job to finish, or run it again to complete the export"
+        )
     if not (path / "config.json").exists() and not list(path.glob("*.gguf")):
         raise ModelSourceError(f"{field}: {path} has no config.json; is it a Hugging Face model directory?")
     return ResolvedSource(path, None, origin=origin)
@@ -123,6 +128,11 @@ def _download(source: str, storage: Storage, field: str) -> ResolvedSource:
             objects = storage.list_objects(location)
             if not objects:
                 raise ModelSourceError(f"{field}: nothing found at {source}")
+            if any(o.location.key.endswith("/EXPORTING") for o in objects):
+                raise ModelSourceError(
+                    f"{field}: {source} is an export still being written by a cpt-operator job (or one that was "
+                    "interrupted); wait for that job to finish, or run it again to complete the export"
+                )
             if len(objects) == 1 and objects[0].location.key.endswith(".gguf"):
                 storage.download_file(objects[0].location, target / Path(objects[0].location.key).name)
             else:

@@ -9,7 +9,7 @@ is saved -- and `NonFiniteLoss` ends the run.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,15 +32,37 @@ def set_lr(engine: Any, lr: float) -> None:
         group["lr"] = lr
 
 
+def set_weight_decay(engine: Any, weight_decay: float) -> None:
+    """The decay of the groups that decay (model.param_groups marks them); norms and biases stay at 0."""
+    for group in engine.optimizer.param_groups:
+        if group.get("decay", True):
+            group["weight_decay"] = weight_decay
+
+
+def reset_optimizer(engine: Any) -> None:
+    """Fresh AdamW moments, as a new run would start with (torch optimizers re-create state lazily)."""
+    optimizer = engine.optimizer
+    while hasattr(optimizer, "optimizer") and not isinstance(optimizer, torch.optim.Optimizer):
+        optimizer = optimizer.optimizer
+    optimizer.state.clear()
+
+
 class TrainStep:
     """Runs optimizer steps on a DeepSpeed engine."""
 
     def __init__(
-        self, trainer: Trainer, engine: Any, ctx: RunContext, accumulation: int, hooks: Sequence[TrainerHooks]
+        self,
+        trainer: Trainer,
+        engine: Any,
+        ctx: RunContext,
+        accumulation: int,
+        hooks: Sequence[TrainerHooks],
+        regularizer: Callable[[], torch.Tensor] | None = None,
     ) -> None:
         self.trainer, self.engine, self.ctx = trainer, engine, ctx
         self.accumulation = accumulation
         self.hooks = list(hooks)
+        self.regularizer = regularizer
 
     def __call__(self, batches: Iterator[MicroBatch], step: int, lr: float) -> float:
         """Optimizer step `step` (1-based) at learning rate `lr`; returns the mean loss over all ranks."""
@@ -57,7 +79,7 @@ class TrainStep:
             for hook in self.hooks:
                 loss = hook.on_loss(self.trainer, step, loss)
             total += loss.detach().float()
-            self.engine.backward(loss)
+            self.engine.backward(loss + self.regularizer() if self.regularizer is not None else loss)
             if micro < self.accumulation - 1:
                 self.engine.step()  # not a boundary: DeepSpeed only accumulates
         # One synchronisation per step: the summed loss and whether any rank saw a non-finite one.

@@ -38,7 +38,7 @@ class TrainState:
     step_seconds: float | None = None
     """Smoothed seconds per step (not checkpointed: the ETA of this process)."""
 
-    def record_step(self, loss: float, lr: float, seconds: float, tokens: int) -> None:
+    def record_step(self, loss: float, lr: float, seconds: float, tokens: int, stage: str = "main") -> None:
         """Account one finished optimizer step."""
         self.step += 1
         self.losses[self.step] = loss
@@ -49,6 +49,7 @@ class TrainState:
             {
                 "kind": "train",
                 "step": self.step,
+                "stage": stage,
                 "loss": loss,
                 "lr": lr,
                 "tokensPerSecond": tokens / max(seconds, 1e-9),

@@ -6,9 +6,11 @@ process (tests, benchmarks): the launcher initialises torch.distributed and pass
 resumed run continues exactly -- the same next sample, the same LR, the same losses:
 
 - `TrainState`   step, per-step losses, metrics history            (trainer_state.json "train")
-- `DataFeed`     the stage's mixture, loader and sampler identity   (trainer_state.json "data")
-- `Evaluator`    holdout losses, probes, the forgetting watch       (trainer_state.json "evaluation")
+- `DataFeed`     mixture segments (stages, adaptive changes), loader (trainer_state.json "data")
+- `Evaluator`    holdout losses, probes, instruction following, the forgetting watch ("evaluation")
+- `StageLog`     each stage's phase, times and final evaluation     (trainer_state.json "stages")
 - `RNGState`     this rank's random generators                      (rank_state_*.pt "rng")
+- `Regularizer`  the optional penalty's anchor (and Fisher)         (shared_state.pt "regularization")
 - `Checkpointer` save / commit / restore of all of the above with the DeepSpeed shards
 - `ProgressReporter` the progress file; `TrainStep` one optimizer step on the engine
 """
@@ -20,6 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import torch
 from cpt_core.api.progress import DataStatus, OutputStatus, State, TrainingProgress
 from cpt_core.api.v1alpha1 import CPTJobSpec
 from cpt_core.reasons import Reason
@@ -28,17 +31,19 @@ from cpt_core.storage import S3Settings, Storage
 from .checkpoint import CheckpointStore, FencedOut
 from .checkpointer import Checkpointer
 from .context import RunContext
-from .data import DataFeed, PreparedSource, data_accounting
+from .data import PreparedSource, data_accounting, holdout_batches
+from .data.feed import DataFeed, replay_share, with_replay_share
 from .engine import batch_geometry, create_engine, deepspeed_config, prepare_deepspeed_runtime
-from .evaluate import Evaluator
+from .evaluator import Evaluator
 from .export import export_model
 from .hooks import TrainerHooks
 from .model import build_model, check_tokenizer_matches, param_groups, training_dtype
-from .plan import Stage, plan
+from .plan import Stage, StageLog, plan
+from .regularization import Regularizer
 from .reporter import ProgressReporter
 from .sources import load_tokenizer
-from .step import NonFiniteLoss, TrainStep
-from .train_state import RNGState, TrainState
+from .step import NonFiniteLoss, TrainStep, reset_optimizer, set_weight_decay
+from .train_state import RNGState, Stateful, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +92,11 @@ class Trainer:
             fence=lambda: self.store.check_fence(ctx.attempt),
             enabled=ctx.leader,
         )
+        self.stage_log = StageLog(self.stages)
         self.data = DataFeed(
             prepared,
             self.storage,
+            self.stages,
             seed=self.spec.training.seed,
             global_batch_rows=self.rows,
             micro_batch_size=self.spec.training.micro_batch_size,
@@ -127,25 +134,23 @@ class Trainer:
         )
         zero3 = spec.deepspeed.zero_stage == 3
         self.evaluator = Evaluator(
-            spec,
-            self.prepared,
-            self.storage,
-            ctx.device,
-            self.tokenizer,
-            score_on_this_rank=zero3 or ctx.leader,
-            synced=zero3 and ctx.world > 1,
+            spec, self.prepared, self.storage, ctx, self.tokenizer, synced=zero3 and ctx.world > 1
         )
-        self.train_step = TrainStep(self, self.engine, ctx, self.accumulation, self.hooks)
+        regularization = spec.training.regularization
+        self.regularizer = Regularizer(regularization, self.engine.module) if regularization else None
+        self.train_step = TrainStep(self, self.engine, ctx, self.accumulation, self.hooks, self.regularizer)
+        shared: dict[str, Stateful] = {"regularization": self.regularizer} if self.regularizer else {}
         self.checkpointer = Checkpointer(
             self.store,
             ctx,
             spec.checkpoint.keep_last,
-            parts={"train": self.state, "data": self.data, "evaluation": self.evaluator},
+            parts={"train": self.state, "data": self.data, "evaluation": self.evaluator, "stages": self.stage_log},
             rank_parts={"rng": RNGState()},
+            shared_parts=shared,
         )
         if resume is not None:
             self.checkpointer.restore(self.engine, resume)
-        self.data.enter(self.stage_at(self.state.step))
+        self.data.enter(self.stage_at(self.state.step), self.state.step)
 
     def stage_at(self, step: int) -> Stage:
         return next((s for s in self.stages if s.contains(step)), self.stages[-1])
@@ -157,15 +162,14 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------
 
     def fit(self) -> Outcome:
-        """Train every remaining stage (or until stopped), then export."""
+        """Train every remaining stage (or until the forgetting watch stops it), then export."""
         try:
             if self.state.step == 0:
-                self.evaluate()
-                self.evaluator.probes_before = self.evaluator.score(self.engine.module)
+                self.evaluate()  # the baseline every later evaluation is compared with
             self.report(force=True)
             for stage in self.stages:
                 if self.state.step < stage.end and self.train_stage(stage):
-                    return self.stop()
+                    return self.stop(stage)
             return self.finish()
         except NonFiniteLoss as exc:
             # A checkpoint still uploading was taken before the bad step: commit it. Nothing new is saved.
@@ -177,27 +181,94 @@ class Trainer:
 
     def train_stage(self, stage: Stage) -> bool:
         """Train `stage` from the current step to its end; True when the forgetting watch stopped it."""
-        self.data.enter(stage)
+        self.begin_stage(stage)
         batches = self.data.batches(self.state.step)
         checkpoint_interval = self.spec.checkpoint.interval_steps
         while self.state.step < stage.end:
             began = time.monotonic()
             lr = stage.lr_at(self.state.step)
             loss = self.train_step(batches, self.state.step + 1, lr)
-            self.state.record_step(loss, lr, time.monotonic() - began, self.rows * self.spec.data.sequence_length)
-            step = self.state.step
+            tokens = self.rows * self.spec.data.sequence_length
+            self.state.record_step(loss, lr, time.monotonic() - began, tokens, stage.name)
+            step, stage_done = self.state.step, self.state.step == stage.end
             self.checkpointer.poll()
-            if self.evaluator.due(step, self.total_steps):
+            if self.evaluator.due(step, stage.end):
                 self.evaluate()
+                if self.adapt_mixture(stage):
+                    batches.close()  # prefetched batches belong to the old mixture
+                    batches = self.data.batches(step)
+            if stage_done:
+                self.stage_log.finished(stage, self.evaluator.latest)
             stop = self.evaluator.watch.should_stop
-            if step % checkpoint_interval == 0 or step == self.total_steps or stop:
+            if step % checkpoint_interval == 0 or stage_done or stop:
                 self.checkpointer.save(self.engine, step)
-            self.report(force=step == self.total_steps)
+            self.report(force=stage_done)
             for hook in self.hooks:
                 hook.after_step(self)
             if stop:
                 return True
         return False
+
+    def begin_stage(self, stage: Stage) -> None:
+        """Enter `stage` (also when resuming inside it): its mixture and weight decay; at its first step,
+        fresh optimizer moments (resetOptimizer) and the regularisation anchor."""
+        step = self.state.step
+        self.data.enter(stage, step)
+        set_weight_decay(self.engine, stage.weight_decay)
+        at_start = step == stage.start
+        if at_start and stage.reset_optimizer:
+            reset_optimizer(self.engine)
+        if self.stage_log.started(stage) and len(self.stages) > 1:
+            log.info("stage %s (%d/%d) starts at step %d", stage.name, stage.index + 1, len(self.stages), step)
+        if self.regularizer is not None and (at_start or self.regularizer.anchor is None):
+            self.regularizer.start(stage.name, self.engine.module, self._fisher_batches())
+
+    def _fisher_batches(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        assert self.regularizer is not None
+        count = self.regularizer.spec.fisher_batches
+        out: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        device = self.ctx.device
+        for source in (p for p in self.prepared if p.role == "replay" and p.holdout_rows):
+            for ids, labels, positions in holdout_batches(
+                source, self.storage, self.spec.training.micro_batch_size, count - len(out)
+            ):
+                out.append(
+                    (
+                        torch.from_numpy(ids).to(device),
+                        torch.from_numpy(labels).to(device),
+                        torch.from_numpy(positions).to(device),
+                    )
+                )
+            if len(out) >= count:
+                break
+        return out
+
+    def adapt_mixture(self, stage: Stage) -> bool:
+        """`forgetting.action: adapt`: move the replay share one step (up on forgetting, down on recovery)."""
+        decision = self.evaluator.replay_decision()
+        current = self.data.replay_share
+        if decision is None or current is None:
+            return False
+        policy = self.spec.evaluation.forgetting
+        base = replay_share(stage.weights, self.data.roles)
+        if decision == "raise":
+            target = min(max(policy.max_replay_share, base), current + policy.adapt_step)
+        else:
+            target = max(base, current - policy.adapt_step)
+        if abs(target - current) < 1e-3:
+            return False
+        weights = with_replay_share(stage.weights, self.data.roles, target)
+        watch = self.evaluator.watch
+        reason = (
+            f"forgetting: {watch.describe(self.evaluator.baseline, self.evaluator.latest)}"
+            if decision == "raise"
+            else "recovered: every forgetting signal under half its limit"
+        )
+        self.data.change_mixture(self.state.step, weights, reason)
+        log.warning(
+            "step %d: replay share %.1f %% -> %.1f %% (%s)", self.state.step, 100 * current, 100 * target, reason
+        )
+        return True
 
     def evaluate(self) -> None:
         self.evaluator.run(self.engine.module, self.state.step)
@@ -208,7 +279,6 @@ class Trainer:
     def finish(self) -> Outcome:
         """Commit, score probes, export the model and write the report."""
         self.checkpointer.finish()
-        self.evaluator.probes_after = self.evaluator.score(self.engine.module)
         summary = {**self.training_summary(), **self.evaluator.summary()}
         target = self.store.run.join("final/")
         model_uri = None
@@ -219,16 +289,26 @@ class Trainer:
         if self.ctx.leader:
             from .report import write_report
 
-            report_uri = write_report(self.storage, self.store.run.join("report/"), self.state.metrics, summary)
+            report_uri = write_report(
+                self.storage,
+                self.store.run.join("report/"),
+                self.state.metrics,
+                summary,
+                stages=[(s.name, s.start) for s in self.stages] if len(self.stages) > 1 else [],
+            )
             self.report("succeeded", force=True, output=OutputStatus(model_uri=model_uri, report_uri=report_uri))
         self.ctx.barrier()
         return Outcome("succeeded", self.state.step, model_uri=model_uri or str(target), losses=self.state.losses)
 
-    def stop(self) -> Outcome:
+    def stop(self, stage: Stage) -> Outcome:
         """The forgetting watch stopped training: the checkpoint of this step is committed."""
         self.checkpointer.finish()
-        message = self.evaluator.watch.stop_message(
-            self.evaluator.general_loss_increase(), self.state.step, self.checkpointer.describe()
+        self.stage_log.stopped(stage)
+        watch = self.evaluator.watch
+        message = (
+            f"forgetting in stage {stage.name}: {watch.describe(self.evaluator.baseline, self.evaluator.latest)}; "
+            f"stopped at step {self.state.step} with checkpoint {self.checkpointer.describe()}. Add replay data, "
+            "lower the learning rate, use forgetting.action: adapt, or raise the limits in evaluation.forgetting"
         )
         self.report("stopped", reason=Reason.ForgettingDetected, message=message, force=True)
         return Outcome("stopped", self.state.step, Reason.ForgettingDetected, message, losses=self.state.losses)
@@ -269,6 +349,8 @@ class Trainer:
         data = DataStatus(
             sources=data_accounting(self.prepared, self.data.consumed_rows(self.state.step)),
             resumed_with_changes=self.data.resumed_with_changes,
+            replay_share=self.data.replay_share,
+            mixture_changes=self.data.mixture_changes(),
         )
         committed = self.checkpointer.committed
         self.reporter.report(
@@ -281,6 +363,8 @@ class Trainer:
             evaluation=self.evaluator.status(),
             checkpoint=committed.ref() if committed else None,
             output=output,
+            stage=self.stage_at(min(self.state.step, self.total_steps - 1)).name,
+            stages=self.stage_log.status(self.state.step),
         )
 
     def training_summary(self) -> dict[str, int]:

@@ -37,26 +37,60 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
             "spec.data.sequenceLength x spec.training.microBatchSize",
             "fieldPath": ".training.globalBatchTokens",
         },
+        {
+            "rule": "(has(self.stages) && size(self.stages) > 0) ? "
+            "(!has(self.training.steps) && !has(self.training.tokens)) : "
+            "(has(self.training.steps) != has(self.training.tokens))",
+            "message": "spec.training: give exactly one of steps and tokens",
+            "fieldPath": ".training",
+        },
+        {
+            "rule": "(has(self.stages) && size(self.stages) > 0) || "
+            "(self.data.sources.all(s, has(s.weight)) && self.data.sources.exists(s, s.weight > 0))",
+            "message": "spec.data.sources: at least one source needs weight > 0",
+            "fieldPath": ".data.sources",
+        },
+        {
+            "rule": "!has(self.stages) || self.stages.all(st, st.weights.all(k, "
+            "self.data.sources.exists(s, s.name == k)))",
+            "message": "spec.stages: every weight must name a source of spec.data.sources",
+            "fieldPath": ".stages",
+        },
+        {
+            "rule": "!has(self.training.regularization) || !has(self.deepspeed) || "
+            "!has(self.deepspeed.zeroStage) || self.deepspeed.zeroStage != 3",
+            "message": "spec.training.regularization: not supported with deepspeed.zeroStage 3 (use 2)",
+            "fieldPath": ".training.regularization",
+        },
     ],
     "spec.model": [{"rule": "self == oldSelf", "message": f"spec.model {_IMMUTABLE}"}],
     "spec.data": [{"rule": "self == oldSelf", "message": f"spec.data {_IMMUTABLE}"}],
     "spec.data.sources": [
-        {
-            "rule": "self.exists(s, s.weight > 0)",
-            "message": "spec.data.sources: at least one source needs weight > 0",
-        },
         {
             "rule": "self.all(x, self.exists_one(y, y.name == x.name))",
             "message": "spec.data.sources: source names must be unique",
             "reason": "FieldValueDuplicate",
         },
     ],
-    "spec.training": [
+    "spec.training": [{"rule": "self == oldSelf", "message": f"spec.training {_IMMUTABLE}"}],
+    "spec.stages": [
+        {
+            "rule": "self.all(x, self.exists_one(y, y.name == x.name))",
+            "message": "spec.stages: stage names must be unique",
+            "reason": "FieldValueDuplicate",
+        },
+        {"rule": "self == oldSelf", "message": f"spec.stages {_IMMUTABLE}"},
+    ],
+    "spec.stages[*]": [
         {
             "rule": "has(self.steps) != has(self.tokens)",
-            "message": "spec.training: give exactly one of steps and tokens",
+            "message": "spec.stages[*]: give exactly one of steps and tokens",
         },
-        {"rule": "self == oldSelf", "message": f"spec.training {_IMMUTABLE}"},
+        {
+            "rule": "self.weights.exists(k, self.weights[k] > 0)",
+            "message": "spec.stages[*].weights: at least one weight must be > 0",
+            "fieldPath": ".weights",
+        },
     ],
     "spec.deepspeed.zeroStage": [{"rule": "self == oldSelf", "message": f"spec.deepspeed.zeroStage {_IMMUTABLE}"}],
     "spec.checkpoint.uri": [{"rule": "self == oldSelf", "message": f"spec.checkpoint.uri {_IMMUTABLE}"}],
@@ -64,6 +98,7 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Stage", "type": "string", "jsonPath": ".status.stage"},
     {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step"},
     {"name": "Total", "type": "integer", "jsonPath": ".status.progress.totalSteps", "priority": 1},
     {"name": "Tokens", "type": "integer", "jsonPath": ".status.progress.tokens"},

@@ -85,11 +85,26 @@ class ProbeScores(_Wire):
     """Question-answer probe scores."""
 
     exact_match: float = Field(ge=0, le=1)
-    """Share of probes whose normalised answer equals the reference."""
+    """Share of probes whose normalised answer equals the normalised reference."""
     f1: float = Field(ge=0, le=1)
     """Mean token F1 against the reference."""
     count: int = Field(default=0, ge=0)
     """Probes scored."""
+    available: int | None = Field(default=None, ge=0)
+    """Probes in the file (more than `count` when evaluation.maxProbes cut)."""
+
+
+class InstructionFollowingScores(_Wire):
+    """Instruction-following retention: answers to prompts with verifiable constraints, scored by rules."""
+
+    prompt_accuracy: float = Field(ge=0, le=1)
+    """Share of prompts whose answer satisfies every rule."""
+    instruction_accuracy: float = Field(ge=0, le=1)
+    """Share of all rules satisfied."""
+    count: int = Field(default=0, ge=0)
+    """Prompts scored."""
+    per_rule: dict[str, float] = Field(default_factory=dict)
+    """Share satisfied per rule type."""
 
 
 class EvalResult(_Wire):
@@ -101,10 +116,16 @@ class EvalResult(_Wire):
     """Mean token loss on the holdouts of `domain` sources."""
     general_loss: float | None = None
     """Mean token loss on the holdouts of `replay` sources."""
+    instruction_loss: float | None = None
+    """Mean token loss (assistant turns) on the holdouts of `instruction` sources."""
     per_source: dict[str, float] = Field(default_factory=dict)
     """Holdout loss per source."""
+    probes: ProbeScores | None = None
+    """Knowledge probes at this step."""
+    instruction_following: InstructionFollowingScores | None = None
+    """Instruction-following retention at this step."""
 
-    @field_validator("domain_loss", "general_loss", mode="after")
+    @field_validator("domain_loss", "general_loss", "instruction_loss", mode="after")
     @classmethod
     def finite(cls, value: float | None) -> float | None:
         return _finite(value)
@@ -123,15 +144,17 @@ class EvaluationStatus(_Wire):
     latest: EvalResult | None = None
     """Latest evaluation."""
     general_loss_increase: float | None = None
-    """latest.generalLoss / baseline.generalLoss - 1 (the forgetting measure)."""
+    """latest.generalLoss / baseline.generalLoss - 1 (the main forgetting measure)."""
+    instruction_loss_increase: float | None = None
+    """latest.instructionLoss / baseline.instructionLoss - 1."""
+    instruction_following_drop: float | None = None
+    """baseline - latest instruction-following prompt accuracy (positive: retention lost)."""
     forgetting_detected: bool = False
-    """Whether generalLossIncrease passed evaluation.forgetting.maxGeneralLossIncrease."""
-    probes_before: ProbeScores | None = None
-    """Probe scores of the starting model."""
-    probes_after: ProbeScores | None = None
-    """Probe scores at the end of training."""
+    """Whether a forgetting signal passed its limit (evaluation.forgetting) at any evaluation so far."""
+    forgetting_signals: list[str] = Field(default_factory=list)
+    """The signals over their limit at the latest evaluation: generalLoss, instructionLoss, instructionFollowing."""
 
-    @field_validator("general_loss_increase", mode="after")
+    @field_validator("general_loss_increase", "instruction_loss_increase", "instruction_following_drop", mode="after")
     @classmethod
     def finite(cls, value: float | None) -> float | None:
         return _finite(value)
@@ -163,6 +186,19 @@ class SourceProgress(_Wire):
     """tokensConsumed / tokensAvailable."""
 
 
+class MixtureChange(_Wire):
+    """A change of the mixture inside a stage, made by the forgetting watch (`action: adapt`)."""
+
+    step: int = Field(ge=0)
+    """The change applies from this optimizer step on."""
+    stage: str
+    """The stage it happened in."""
+    replay_share: float = Field(ge=0, le=1)
+    """The share of samples replay sources get from this step on."""
+    reason: str
+    """Why: forgetting detected (raised) or recovered (lowered)."""
+
+
 class DataStatus(_Wire):
     """Per-source accounting (`status.data`)."""
 
@@ -170,6 +206,29 @@ class DataStatus(_Wire):
     """One entry per source."""
     resumed_with_changes: bool = False
     """True when a resume was allowed despite changed data, weights or seed (allowChangesOnResume)."""
+    replay_share: float | None = Field(default=None, ge=0, le=1)
+    """The current share of samples from replay sources."""
+    mixture_changes: list[MixtureChange] = Field(default_factory=list)
+    """Every adaptive change of the replay share, in order."""
+
+
+class StageStatus(_Wire):
+    """One stage of the job (`status.stages[]`)."""
+
+    name: str
+    """Stage name (spec.stages[].name, or `main` for a job without stages)."""
+    phase: Literal["Pending", "Running", "Succeeded", "Stopped"] = "Pending"
+    """Pending, Running, Succeeded (trained to its end) or Stopped (the forgetting watch ended the job in it)."""
+    step: int = Field(default=0, ge=0)
+    """Optimizer steps done in this stage."""
+    total_steps: int = Field(default=0, ge=0)
+    """Optimizer steps of this stage."""
+    started_at: str | None = None
+    """When its first step started (RFC 3339)."""
+    finished_at: str | None = None
+    """When its last step finished (RFC 3339)."""
+    evaluation: EvalResult | None = None
+    """The evaluation at its end."""
 
 
 class OutputStatus(_Wire):
@@ -182,7 +241,7 @@ class OutputStatus(_Wire):
 
 
 #: The sections of the file that are, as they are, sections of the CPTJob status.
-STATUS_SECTIONS = ("progress", "evaluation", "checkpoint", "data", "output")
+STATUS_SECTIONS = ("progress", "evaluation", "checkpoint", "data", "output", "stage", "stages")
 
 
 class Progress(_Wire):
@@ -214,6 +273,10 @@ class Progress(_Wire):
     """Per-source token accounting."""
     output: OutputStatus | None = None
     """The exported model and report (when succeeded)."""
+    stage: str | None = None
+    """The stage being trained (the last one once training ended)."""
+    stages: list[StageStatus] | None = None
+    """Every stage, in order."""
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, exclude_none=True, indent=2)

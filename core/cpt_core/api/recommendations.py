@@ -21,38 +21,42 @@ class Problem:
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
-def recommendations(spec: api.CPTJobSpec) -> list[Problem]:
-    """Deviations from recommended CPT practice. Warnings only: the user may know better."""
-    out: list[Problem] = []
-    kind = spec.model.kind
-    low, high = api.LR_RANGES[kind]
-    lr = spec.learning_rate
-    if not low <= lr <= high:
-        direction = "above" if lr > high else "below"
-        why = (
-            "a high learning rate on an instruct model erases instruction following and general knowledge"
-            if lr > high and kind == "instruct"
-            else "too high a learning rate causes loss spikes and forgetting"
-            if lr > high
-            else "too low a learning rate learns little new domain knowledge"
-        )
-        out.append(
-            Problem(
-                "spec.training.learningRate",
-                f"{lr:g} is {direction} the recommended range {low:g}..{high:g} for {kind} models; {why}",
-            )
-        )
+#: Recommended training length (optimizer steps) by model kind: instruct models forget fast and need
+#: little; base models take more to absorb a domain.
+DURATION_STEPS: dict[str, tuple[int, int | None]] = {"instruct": (100, 500), "base": (500, None)}
 
-    total = sum(s.weight for s in spec.data.sources)
+
+def _learning_rate(path: str, lr: float, kind: str) -> list[Problem]:
+    low, high = api.LR_RANGES[kind]
+    if low <= lr <= high:
+        return []
+    direction = "above" if lr > high else "below"
+    why = (
+        "a high learning rate on an instruct model erases instruction following and general knowledge"
+        if lr > high and kind == "instruct"
+        else "too high a learning rate causes loss spikes and forgetting"
+        if lr > high
+        else "too low a learning rate learns little new domain knowledge"
+    )
+    return [Problem(path, f"{lr:g} is {direction} the recommended range {low:g}..{high:g} for {kind} models; {why}")]
+
+
+def _mixture(path: str, spec: api.CPTJobSpec, weights: dict[str, int]) -> list[Problem]:
+    """Replay and instruction shares of one mixture (the job's, or a CPT stage's)."""
+    out: list[Problem] = []
+    total = sum(weights.values())
+    if total <= 0:
+        return out
     share = {
-        role: 100.0 * sum(s.weight for s in spec.data.sources if s.role == role) / total for role in api.SourceRole
+        role: 100.0 * sum(weights.get(s.name, 0) for s in spec.data.sources if s.role == role) / total
+        for role in api.SourceRole
     }
     replay = share[api.SourceRole.replay]
     lo, hi = api.REPLAY_RANGE_PCT
     if replay == 0:
         out.append(
             Problem(
-                "spec.data.sources",
+                path,
                 "no source with role: replay (weight > 0); without replay of general data continued "
                 f"pre-training tends to catastrophically forget general capabilities; add {lo:g}-{hi:g} % "
                 "general data, which also gives the forgetting watch its general holdout",
@@ -60,19 +64,14 @@ def recommendations(spec: api.CPTJobSpec) -> list[Problem]:
         )
     elif not lo <= replay <= hi:
         effect = "too little to prevent forgetting" if replay < lo else "slows domain learning"
-        out.append(
-            Problem(
-                "spec.data.sources",
-                f"replay is {replay:.1f} % of the mixture; recommended {lo:g}-{hi:g} % ({effect})",
-            )
-        )
-    if kind == "instruct":
+        out.append(Problem(path, f"replay is {replay:.1f} % of the mixture; recommended {lo:g}-{hi:g} % ({effect})"))
+    if spec.model.kind == "instruct":
         instruction = share[api.SourceRole.instruction]
         lo, hi = api.INSTRUCTION_RANGE_PCT
         if instruction == 0:
             out.append(
                 Problem(
-                    "spec.data.sources",
+                    path,
                     "instruct model without instruction data: continued pre-training on raw text erodes "
                     f"instruction following; add {lo:g}-{hi:g} % chat data (role: instruction, format: chat)",
                 )
@@ -80,11 +79,55 @@ def recommendations(spec: api.CPTJobSpec) -> list[Problem]:
         elif not lo <= instruction <= hi:
             out.append(
                 Problem(
-                    "spec.data.sources",
+                    path,
                     f"instruction data is {instruction:.1f} % of the mixture; recommended {lo:g}-{hi:g} % "
                     "(enough to keep instruction following without diluting the domain signal)",
                 )
             )
+    return out
+
+
+def _is_cpt(spec: api.CPTJobSpec, weights: dict[str, int]) -> bool:
+    """A stage that trains on domain documents (not a QA- or instruction-tuning stage)."""
+    return any(weights.get(s.name, 0) > 0 for s in spec.data.sources if s.role == api.SourceRole.domain)
+
+
+def _duration(spec: api.CPTJobSpec) -> list[Problem]:
+    kind, steps = spec.model.kind, spec.total_steps
+    low, high = DURATION_STEPS[kind]
+    path = "spec.stages" if spec.stages else "spec.training.steps"
+    article, span = ("an" if kind == "instruct" else "a"), (f"{low}-{high}" if high else f"{low}+")
+    if steps < low:
+        return [
+            Problem(
+                path,
+                f"{steps} steps is short for {article} {kind} model (recommended {span}); expect little domain gain",
+            )
+        ]
+    if high is not None and steps > high:
+        return [
+            Problem(
+                path,
+                f"{steps} steps is long for an {kind} model (recommended {low}-{high}); long runs erode "
+                "instruction following and general knowledge: watch the forgetting signals",
+            )
+        ]
+    return []
+
+
+def recommendations(spec: api.CPTJobSpec) -> list[Problem]:
+    """Deviations from recommended CPT practice. Warnings only: the user may know better."""
+    kind = spec.model.kind
+    out = _learning_rate("spec.training.learningRate", spec.learning_rate, kind)
+    if spec.stages:
+        for i, stage in enumerate(spec.stages):
+            if stage.learning_rate is not None:
+                out += _learning_rate(f"spec.stages[{i}].learningRate", stage.learning_rate, kind)
+            if _is_cpt(spec, stage.weights):
+                out += _mixture(f"spec.stages[{i}].weights", spec, stage.weights)
+    else:
+        out += _mixture("spec.data.sources", spec, {s.name: s.weight or 0 for s in spec.data.sources})
+    out += _duration(spec)
     for i, source in enumerate(spec.data.sources):
         if source.role == api.SourceRole.instruction and source.format != api.SourceFormat.chat:
             out.append(

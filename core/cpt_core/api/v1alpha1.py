@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from .progress import CheckpointRef, DataStatus, EvaluationStatus, OutputStatus, TrainingProgress
+from .progress import CheckpointRef, DataStatus, EvaluationStatus, OutputStatus, StageStatus, TrainingProgress
 
 GROUP = "cpt.dev"
 VERSION = "v1alpha1"
@@ -184,9 +184,10 @@ class DataSource(_Model):
     """Field holding the document text (`jsonl`, `parquet`)."""
     messages_field: Annotated[str, StringConstraints(min_length=1, max_length=256)] = "messages"
     """Field holding the message list (`chat`)."""
-    weight: int = Field(ge=0, le=1_000_000)
+    weight: int | None = Field(default=None, ge=0, le=1_000_000)
     """Relative sampling weight (an integer). Shares are weight / sum of weights; 0 disables the
-    source for training but keeps it for evaluation."""
+    source for training but keeps it for evaluation. Required unless `spec.stages` gives the weights
+    (a stage's weights then replace these)."""
     skip_malformed: bool = False
     """Skip malformed records (invalid JSON, missing field) instead of failing. Skips are counted
     and the first examples recorded in the data manifest."""
@@ -233,8 +234,6 @@ class DataSpec(_Model):
             if source.name in seen:
                 raise FieldError((i, "name"), f"duplicate source name '{source.name}'; names must be unique")
             seen.add(source.name)
-        if not any(source.weight > 0 for source in value):
-            raise ValueError("at least one source needs weight > 0")
         return value
 
 
@@ -291,7 +290,7 @@ class TrainingSpec(_Model):
     """How long and how to train. Give exactly one of `steps` and `tokens`."""
 
     steps: int | None = Field(default=None, gt=0)
-    """Optimizer steps to train."""
+    """Optimizer steps to train (unset when `spec.stages` gives the length of each stage)."""
     tokens: int | None = Field(default=None, gt=0)
     """Tokens to train on; converted to steps as ceil(tokens / globalBatchTokens)."""
     global_batch_tokens: int = Field(default=1_048_576, gt=0)
@@ -315,12 +314,36 @@ class TrainingSpec(_Model):
     """Recompute activations in the backward pass: less memory, about 30 % more compute."""
     lora: LoRA | None = None
     """Optional LoRA adapters; when unset, all weights train."""
+    regularization: Regularization | None = None
+    """Optional penalty that holds the weights near where they started (against forgetting)."""
 
-    @model_validator(mode="after")
-    def _steps_or_tokens(self) -> TrainingSpec:
-        if (self.steps is None) == (self.tokens is None):
-            raise ValueError("give exactly one of steps and tokens")
-        return self
+
+class RegularizationType(str, Enum):
+    l2_init = "l2-init"
+    ewc = "ewc"
+
+
+class Regularization(_Model):
+    """A penalty on moving away from the starting weights: `l2-init` (strength/2 x ||w - w0||^2, w0 = the
+    weights at the start of the job) or `ewc` (Elastic Weight Consolidation: strength/2 x sum F (w - w*)^2,
+    w* = the weights at the start of each stage, F = a diagonal Fisher estimate from replay data taken
+    there). Both need the full weights on every process: ZeRO stage 3 is not supported. With LoRA the
+    penalty applies to the adapter weights. It keeps one (l2-init) or two (ewc) extra copies of the
+    trainable weights in float32 memory."""
+
+    type: RegularizationType
+    """`l2-init` or `ewc`."""
+    strength: float = Field(gt=0.0, le=1.0e9)
+    """Penalty weight (lambda)."""
+    fisher_batches: int = Field(default=8, ge=1, le=10_000)
+    """`ewc`: replay micro-batches used to estimate the Fisher information at a stage start."""
+
+
+def _steps_for(steps: int | None, tokens: int | None, global_batch_tokens: int) -> int:
+    if steps is not None:
+        return steps
+    assert tokens is not None
+    return -(-tokens // global_batch_tokens)
 
 
 # --------------------------------------------------------------------------- deepspeed, checkpoint, eval
@@ -371,16 +394,51 @@ class CheckpointSpec(_Model):
 class ForgettingAction(str, Enum):
     warn = "warn"
     stop = "stop"
+    adapt = "adapt"
 
 
 class Forgetting(_Model):
-    """Watch on general-data loss: the price of domain gain."""
+    """The forgetting watch: the price of domain gain, measured at every evaluation against step 0.
+    Forgetting is detected when any signal passes its limit."""
 
     max_general_loss_increase: float = Field(default=0.10, gt=0.0, le=10.0)
     """Relative increase of the general (replay) holdout loss over its step-0 baseline that counts as
     forgetting, e.g. 0.10 = 10 %."""
+    max_instruction_loss_increase: float | None = Field(default=None, gt=0.0, le=10.0)
+    """Relative increase of the chat (instruction) holdout loss that counts as forgetting. Unset: not watched."""
+    max_instruction_following_drop: float | None = Field(default=None, gt=0.0, le=1.0)
+    """Drop of instruction-following prompt accuracy (absolute, e.g. 0.1 = 10 points) below its step-0
+    value that counts as forgetting. Unset: not watched."""
     action: ForgettingAction = ForgettingAction.warn
-    """`warn` (log, flag in status) or `stop` (checkpoint, then end with reason ForgettingDetected)."""
+    """`warn` (log, flag in status), `stop` (checkpoint, then end with reason ForgettingDetected) or
+    `adapt` (raise the replay share by `adaptStep` at each evaluation that detects forgetting, up to
+    `maxReplayShare`, and lower it back while the signals stay under half their limits; every change is
+    recorded in status and in checkpoints, so a resume reproduces it)."""
+    max_replay_share: float = Field(default=0.3, gt=0.0, lt=1.0)
+    """`adapt`: the highest share of samples that replay sources may get."""
+    adapt_step: float = Field(default=0.05, gt=0.0, le=0.5)
+    """`adapt`: how much the replay share moves per evaluation."""
+
+
+class InstructionFollowing(_Model):
+    """Instruction-following retention: prompts with verifiable constraints (IFEval-style rules such as
+    word counts, required or forbidden keywords, JSON, bullets, case, start/end phrases), answered by the
+    model and scored by the rules at step 0 and at every evaluation."""
+
+    enabled: bool | None = None
+    """Score instruction following. Default: on for `model.kind: instruct`, off for base models."""
+    prompts: URI | None = None
+    """JSON-lines file of `{"prompt": ..., "rules": [{"type": ..., ...}]}`. Default: the set shipped with
+    the trainer (docs/user-guide.md lists the rule types)."""
+    max_prompts: int | None = Field(default=None, gt=0, le=100_000)
+    """Score at most this many prompts per evaluation (a warning says when it cuts). Unset: all."""
+    max_new_tokens: int = Field(default=128, gt=0, le=4096)
+    """Longest answer generated per prompt."""
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts_scheme(cls, value: str | None) -> str | None:
+        return None if value is None else _check_uri(value, DATA_SCHEMES)
 
 
 class EvaluationSpec(_Model):
@@ -393,8 +451,16 @@ class EvaluationSpec(_Model):
     forgetting: Forgetting = Field(default_factory=Forgetting)
     """Forgetting threshold and action."""
     probes: URI | None = None
-    """Optional JSON-lines file of `{"question": ..., "answer": ...}` pairs scored (exact match, F1)
-    before and after training."""
+    """Optional JSON-lines file of `{"question": ..., "answer": ...}` pairs, answered greedily at step 0
+    and at every evaluation and scored by exact match (normalised equality) and token F1."""
+    max_probes: int | None = Field(default=None, gt=0, le=100_000)
+    """Score at most this many probes per evaluation (a warning says when it cuts). Unset: all."""
+    probe_max_new_tokens: int = Field(default=32, gt=0, le=1024)
+    """Longest answer generated per probe."""
+    probe_target_f1: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Optional target: the ProbesPassed condition says whether the latest probe F1 reaches it."""
+    instruction_following: InstructionFollowing = Field(default_factory=InstructionFollowing)
+    """Instruction-following retention."""
 
     @field_validator("probes")
     @classmethod
@@ -497,6 +563,41 @@ class RunPolicy(_Model):
     starts a new attempt that resumes. Compatible with Kueue."""
 
 
+# --------------------------------------------------------------------------- stages
+
+
+class StageSpec(_Model):
+    """One stage of a multi-stage recipe, trained in order on the same engine: e.g. Pre-Instruction-
+    Tuning (QA tuning, then documents + QA + replay, then instruction tuning) or progressive mixing
+    (a replay share stepping down over stages). Each stage has its own length, mixture and learning-rate
+    schedule (warmup and decay over the stage); training.* values it does not set apply."""
+
+    name: DNSLabel
+    """Unique name of the stage (status, events, report)."""
+    steps: int | None = Field(default=None, gt=0)
+    """Optimizer steps of the stage. Give exactly one of steps and tokens."""
+    tokens: int | None = Field(default=None, gt=0)
+    """Tokens of the stage; converted to steps as ceil(tokens / training.globalBatchTokens)."""
+    weights: dict[str, Annotated[int, Field(ge=0, le=1_000_000)]] = Field(min_length=1, max_length=64)
+    """Sampling weights by source name; sources not named get 0 in this stage (they are still evaluated)."""
+    learning_rate: float | None = Field(default=None, gt=0.0, le=1.0)
+    """Peak learning rate of the stage. Default: training.learningRate (or the model kind's default)."""
+    schedule: Schedule | None = None
+    """Learning-rate schedule over the stage. Default: training.schedule."""
+    weight_decay: float | None = Field(default=None, ge=0.0, le=10.0)
+    """AdamW weight decay in this stage. Default: training.weightDecay."""
+    reset_optimizer: bool = True
+    """Start the stage with fresh optimizer moments (AdamW state), as a separate run would."""
+
+    @model_validator(mode="after")
+    def _stage(self) -> StageSpec:
+        if (self.steps is None) == (self.tokens is None):
+            raise ValueError("give exactly one of steps and tokens")
+        if not any(weight > 0 for weight in self.weights.values()):
+            raise FieldError(("weights",), "at least one weight must be > 0")
+        return self
+
+
 # --------------------------------------------------------------------------- spec and status
 
 
@@ -521,6 +622,58 @@ class CPTJobSpec(_Model):
     """The Ray cluster on Kubernetes."""
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     """Restarts, deadline, suspension."""
+    stages: list[StageSpec] = Field(default_factory=list, max_length=32)
+    """Optional stages trained in order by one Ray cluster (see StageSpec). Unset: one stage with
+    training.steps/tokens and the sources' weights."""
+
+    @model_validator(mode="after")
+    def _length_and_mixture(self) -> CPTJobSpec:
+        training, sources = self.training, self.data.sources
+        if self.stages:
+            if training.steps is not None or training.tokens is not None:
+                raise FieldError(("training",), "leave steps and tokens unset: with spec.stages each stage has its own")
+            names = [source.name for source in sources]
+            seen: set[str] = set()
+            for i, stage in enumerate(self.stages):
+                if stage.name in seen:
+                    raise FieldError(
+                        ("stages", i, "name"), f"duplicate stage name '{stage.name}'; names must be unique"
+                    )
+                seen.add(stage.name)
+                unknown = sorted(set(stage.weights) - set(names))
+                if unknown:
+                    raise FieldError(
+                        ("stages", i, "weights"),
+                        f"names {', '.join(repr(u) for u in unknown)}, not a source in spec.data.sources "
+                        f"(declared: {', '.join(names)})",
+                    )
+            return self
+        if (training.steps is None) == (training.tokens is None):
+            raise FieldError(("training",), "give exactly one of steps and tokens")
+        for i, source in enumerate(sources):
+            if source.weight is None:
+                raise FieldError(
+                    ("data", "sources", i, "weight"), "required (or give the weights per stage in spec.stages)"
+                )
+        if not any((source.weight or 0) > 0 for source in sources):
+            raise FieldError(("data", "sources"), "at least one source needs weight > 0")
+        return self
+
+    @model_validator(mode="after")
+    def _regularization(self) -> CPTJobSpec:
+        regularization = self.training.regularization
+        if regularization is not None and self.deepspeed.zero_stage == 3:
+            raise FieldError(
+                ("training", "regularization"),
+                "needs the full weights on every process; not supported with deepspeed.zeroStage 3 (use 2)",
+            )
+        no_replay = not any(s.role == SourceRole.replay for s in self.data.sources)
+        if regularization is not None and regularization.type == RegularizationType.ewc and no_replay:
+            raise FieldError(
+                ("training", "regularization", "type"),
+                "ewc estimates its Fisher information on replay data: add a source with role: replay",
+            )
+        return self
 
     @model_validator(mode="after")
     def _lora_zero3(self) -> CPTJobSpec:
@@ -556,11 +709,13 @@ class CPTJobSpec(_Model):
 
     @property
     def total_steps(self) -> int:
-        """Optimizer steps this job trains for."""
-        if self.training.steps is not None:
-            return self.training.steps
-        assert self.training.tokens is not None
-        return -(-self.training.tokens // self.training.global_batch_tokens)
+        """Optimizer steps this job trains for (all stages)."""
+        if self.stages:
+            return sum(self.stage_steps(stage) for stage in self.stages)
+        return _steps_for(self.training.steps, self.training.tokens, self.training.global_batch_tokens)
+
+    def stage_steps(self, stage: StageSpec) -> int:
+        return _steps_for(stage.steps, stage.tokens, self.training.global_batch_tokens)
 
     def with_base_dir(self, base_dir: str) -> CPTJobSpec:
         """A copy whose relative local paths are made absolute against `base_dir` (the job file's
@@ -651,6 +806,10 @@ class CPTJobStatus(_Model):
     """Per-source token accounting."""
     output: OutputStatus | None = None
     """The exported model and report."""
+    stage: str | None = None
+    """The stage being trained."""
+    stages: list[StageStatus] | None = None
+    """Every stage: phase, steps, and the evaluation at its end."""
     warnings: list[str] = Field(default_factory=list)
     """Recommended-practice deviations found at validation (never a rejection)."""
     preflight_failures: int = 0

@@ -15,6 +15,7 @@ and events the handler must carry out. No I/O here: every transition is unit-tes
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -135,7 +136,7 @@ def mirror_progress(status: CPTJobStatus, progress: Progress) -> None:
     for section in STATUS_SECTIONS:
         value = getattr(progress, section)
         if value is not None:
-            setattr(status, section, value.model_copy(deep=True))
+            setattr(status, section, copy.deepcopy(value))
 
 
 def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None) -> Decision:
@@ -179,7 +180,23 @@ def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None
     rayjob = observed.rayjob
     ours = observed.progress if observed.progress is not None and observed.progress.attempt == status.attempt else None
     if ours is not None:
+        previous_stage = status.stage
         mirror_progress(status, ours)
+        stages = ours.stages or []
+        if len(stages) > 1 and ours.stage and ours.stage != previous_stage and ours.state == "running":
+            index = next(i for i, s in enumerate(stages) if s.name == ours.stage)
+            message = f"stage {ours.stage} ({index + 1}/{len(stages)}) at step {ours.progress.step}"
+            decision.events.append(Event("Normal", Reason.StageStarted.value, message))
+        target = spec.evaluation.probe_target_f1
+        latest = ours.evaluation.latest if ours.evaluation else None
+        if target is not None and latest is not None and latest.probes is not None:
+            met = latest.probes.f1 >= target
+            set_(
+                ConditionType.ProbesPassed,
+                "True" if met else "False",
+                Reason.ProbeTargetMet if met else Reason.ProbeTargetMissed,
+                f"probe F1 {latest.probes.f1:.3f} at step {latest.step} (target {target:.3f})",
+            )
         flagged = condition(status, ConditionType.ForgettingDetected)
         evaluation = ours.evaluation
         if evaluation is not None and evaluation.forgetting_detected and (flagged is None or flagged.status != "True"):

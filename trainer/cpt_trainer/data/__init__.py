@@ -6,7 +6,8 @@
 """
 
 from .documents import DataError
-from .loader import DataFeed, MicroBatch, RankLoader, build_sampler, holdout_batches
+from .feed import DataFeed
+from .loader import MicroBatch, RankLoader, build_sampler, holdout_batches
 from .manifest import Manifest
 from .prepare import PreparedSource, PrepareReport, data_accounting, prepare
 from .sampler import BlendedSampler, SamplerStateMismatch, SourceInfo

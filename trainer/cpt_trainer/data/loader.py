@@ -12,9 +12,8 @@ from __future__ import annotations
 import concurrent.futures
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from cpt_core.storage import Storage
@@ -23,9 +22,6 @@ from .prepare import PreparedSource
 from .sampler import BlendedSampler, SourceInfo
 from .shards import ShardReader
 from .tokenize import DOC_START, TRAIN
-
-if TYPE_CHECKING:
-    from ..plan import Stage
 
 IGNORE_INDEX = -100
 
@@ -114,7 +110,7 @@ class RankLoader:
         input_ids, labels, position_ids = to_model_inputs(tokens, flags)
         return MicroBatch(step, micro, input_ids, labels, position_ids, sources, indices)
 
-    def iterate(self, start_step: int, end_step: int) -> Iterator[MicroBatch]:
+    def iterate(self, start_step: int, end_step: int) -> Generator[MicroBatch, None, None]:
         """Micro-batches for steps [start_step, end_step), `accumulation` per step, prefetched."""
         ready: queue.Queue[MicroBatch | BaseException | None] = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
@@ -161,86 +157,3 @@ def holdout_batches(
     for start in range(0, rows, micro_batch_size):
         tokens, flags = reader.read(list(range(start, min(rows, start + micro_batch_size))))
         yield to_model_inputs(tokens, flags)
-
-
-class DataFeed:
-    """The trainer's data part: the mixture of the current stage, its loader, and its checkpointed position.
-
-    The position is the optimizer step (kept by the loop), so the state here is what makes a
-    resume *the same* data stream: the stage, seed, weights and data fingerprints it was written
-    with. A mismatch is refused unless `allow_changes` (data.allowChangesOnResume).
-    """
-
-    def __init__(
-        self,
-        prepared: Sequence[PreparedSource],
-        storage: Storage,
-        *,
-        seed: int,
-        global_batch_rows: int,
-        micro_batch_size: int,
-        rank: int,
-        world: int,
-        allow_changes: bool,
-    ) -> None:
-        self.prepared = list(prepared)
-        self.storage = storage
-        self.seed = seed
-        self.rows, self.micro_batch_size = global_batch_rows, micro_batch_size
-        self.rank, self.world = rank, world
-        self.allow_changes = allow_changes
-        self.stage: Stage | None = None
-        self.sampler: BlendedSampler | None = None
-        self.loader: RankLoader | None = None
-        self._saved: dict[str, Any] | None = None
-
-    def enter(self, stage: Stage) -> None:
-        """Switch to `stage`'s mixture (checked against the checkpoint when resuming inside it)."""
-        if self.stage == stage:
-            return
-        if self.loader is not None:
-            self.loader.close()
-        self.sampler = build_sampler(self.prepared, self.seed, stage.weights)
-        saved = self._saved
-        if saved is not None and saved.get("stage") == stage.name:
-            self.sampler.load_state_dict(saved["sampler"], allow_changes=self.allow_changes)
-        self.loader = RankLoader(
-            self.prepared,
-            self.sampler,
-            self.storage,
-            global_batch_rows=self.rows,
-            micro_batch_size=self.micro_batch_size,
-            rank=self.rank,
-            world=self.world,
-        )
-        self.stage = stage
-
-    def batches(self, step: int) -> Iterator[MicroBatch]:
-        """The micro-batches of optimizer steps [step, end of the stage)."""
-        assert self.stage is not None and self.loader is not None
-        return self.loader.iterate(step - self.stage.start, self.stage.steps)
-
-    def consumed_rows(self, step: int) -> dict[str, int]:
-        """Rows drawn from each source up to optimizer step `step` (of the current stage)."""
-        if self.sampler is None or self.stage is None:
-            return {}
-        counts = self.sampler.counts(max(0, step - self.stage.start) * self.rows)
-        return {p.name: int(c) for p, c in zip(self.prepared, counts, strict=True)}
-
-    @property
-    def resumed_with_changes(self) -> bool:
-        return bool(self.sampler is not None and self.sampler.resumed_with_changes)
-
-    def state_dict(self) -> dict[str, Any]:
-        assert self.sampler is not None and self.stage is not None
-        return {"stage": self.stage.name, "sampler": self.sampler.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._saved = state
-        if self.stage is not None:  # already inside a stage: re-enter it to check the saved state
-            stage, self.stage = self.stage, None
-            self.enter(stage)
-
-    def close(self) -> None:
-        if self.loader is not None:
-            self.loader.close()

@@ -239,7 +239,7 @@ def prepare_source(
     cached = _cached_manifest(storage, manifest_location, key)
     if cached is not None:
         log.info("source '%s': cache hit %s (%d rows)", source.name, base, cached.train.rows)
-        return PreparedSource(source.name, source.role.value, source.weight, str(base), cached, cache_hit=True)
+        return PreparedSource(source.name, source.role.value, source.weight or 0, str(base), cached, cache_hit=True)
 
     if progress:
         progress(f"tokenizing source '{source.name}' ({len(files)} files)")
@@ -339,7 +339,7 @@ def prepare_source(
     return PreparedSource(
         source.name,
         source.role.value,
-        source.weight,
+        source.weight or 0,
         str(base),
         manifest,
         tokenized_documents=documents,
