@@ -61,6 +61,10 @@ setup: $(STAMP) $(HELM) ## Create the virtualenv and install everything (torch, 
 run: setup ## Set up, then run the main job: CPT of SmolLM2-135M-Instruct on local Ray (a few minutes)
 	$(BIN)/cpt run $(RUN_EXAMPLE)
 
+.PHONY: compare
+compare: setup ## Plain CPT vs Pre-Instruction-Tuning on SmolLM2 (same token budget), side by side (~15 min)
+	$(BIN)/python hack/compare_recipes.py examples/local-smollm2.yaml examples/pit-smollm2.yaml
+
 .PHONY: test
 test: setup ## Set up, then run the test suite (unit + integration; e2e skips without a cluster)
 	PATH=$(abspath $(TOOLS)):$$PATH $(BIN)/pytest $(PYTEST_ARGS)

@@ -7,6 +7,9 @@
   (`pydoc_data.topics`, shipped with every Python), split into documents.
 - `chat/` - *instruction* data: conversations about the domain in the `messages` format.
 - `probes.jsonl` - question/answer pairs about facts stated in the domain corpus.
+- `veloria-qa/` - question-answer pairs in chat format about the *other* articles (never about a
+  probed one), for Pre-Instruction-Tuning recipes: the probes stay held out, so they measure whether
+  QA-then-documents training generalises to facts the model only read about.
 
 Run `python hack/make_example_data.py` to regenerate; the output is committed.
 """
@@ -70,10 +73,13 @@ TOPICS = [
 ]
 
 
-def _domain(rng: random.Random) -> tuple[list[dict[str, str]], list[dict[str, str]], list[dict[str, list]]]:
+def _domain(
+    rng: random.Random,
+) -> tuple[list[dict[str, str]], list[dict[str, str]], list[dict[str, list]], list[dict]]:
     docs: list[dict[str, str]] = []
     probes: list[dict[str, str]] = []
     chats: list[dict[str, list]] = []
+    facts: list[dict] = []
     article = 1
     for port in PORTS:
         for topic, rule in TOPICS:
@@ -105,7 +111,22 @@ def _domain(rng: random.Random) -> tuple[list[dict[str, str]], list[dict[str, st
                 f"Tribunal sitting in {port}."
             )
             docs.append({"text": commentary, "id": f"commentary-{article}"})
-            if rng.random() < 0.35:
+            probed = rng.random() < 0.35
+            facts.append(
+                {
+                    "article": article,
+                    "port": port,
+                    "topic": topic,
+                    "tonnes": tonnes,
+                    "fee": fee,
+                    "days": days,
+                    "knots": knots,
+                    "body": body,
+                    "year": year,
+                    "probed": probed,
+                }
+            )
+            if probed:
                 probes.append(
                     {
                         "question": f"Under the Velorian Maritime Code, what is the {topic} fee in the Port of {port}?",
@@ -134,7 +155,38 @@ def _domain(rng: random.Random) -> tuple[list[dict[str, str]], list[dict[str, st
                     }
                 )
             article += 1
-    return docs, probes, chats
+    return docs, probes, chats, facts
+
+
+QA_TEMPLATES = [
+    ("What {topic} fee does the Port of {port} charge?", "{fee} crowns per hundred tonnes"),
+    ("How fast may a vessel go inside the harbour limits of {port}?", "{knots} knots"),
+    ("Who collects the {topic} fee in {port}?", "{Body}"),
+    ("Within how many days must the {topic} fee in {port} be paid?", "{days} days"),
+    ("In which year was the {topic} article for {port} first enacted?", "{year}"),
+    ("Which article of the Velorian Maritime Code governs {topic} in {port}?", "Article {article}"),
+    ("Above what tonnage does the {topic} rule of {port} apply?", "{tonnes:,} tonnes"),
+]
+
+
+def _qa(facts: list[dict], rng: random.Random) -> list[dict[str, list]]:
+    """Question-answer pairs (chat format) about the articles no probe asks about."""
+    rows = []
+    for fact in facts:
+        if fact["probed"]:
+            continue
+        values = {**fact, "Body": fact["body"][0].upper() + fact["body"][1:]}
+        for question, answer in rng.sample(QA_TEMPLATES, 3):
+            rows.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": question.format(**values)},
+                        {"role": "assistant", "content": answer.format(**values) + "."},
+                    ]
+                }
+            )
+    rng.shuffle(rows)
+    return rows
 
 
 GENERAL_CHAT = [
@@ -166,7 +218,7 @@ def _general() -> list[dict[str, str]]:
 
 def main() -> None:
     rng = random.Random(20261127)
-    docs, probes, chats = _domain(rng)
+    docs, probes, chats, facts = _domain(rng)
     rng.shuffle(docs)
     for question, answer in GENERAL_CHAT:
         chats.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
@@ -183,7 +235,12 @@ def main() -> None:
     write(OUT / "general" / "pydoc-topics.jsonl", general)
     write(OUT / "chat" / "veloria-chat.jsonl", chats)
     write(OUT / "probes.jsonl", probes[:40])
-    print(f"domain {len(docs)} docs, general {len(general)} docs, chat {len(chats)}, probes {min(40, len(probes))}")
+    qa = _qa(facts, random.Random(7))
+    write(OUT / "veloria-qa" / "qa.jsonl", qa)
+    print(
+        f"domain {len(docs)} docs, general {len(general)} docs, chat {len(chats)}, "
+        f"probes {min(40, len(probes))}, qa {len(qa)}"
+    )
 
 
 if __name__ == "__main__":

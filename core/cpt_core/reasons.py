@@ -25,6 +25,17 @@ class ConditionType(str, Enum):
     Failed = "Failed"
 
 
+CONDITIONS: dict[ConditionType, str] = {
+    ConditionType.Validated: "the spec passed every check (ValidWithWarnings: with recommended-practice warnings)",
+    ConditionType.StorageReady: "credentials, buckets, data and checkpoint prefix checked before any GPU is requested",
+    ConditionType.ClusterReady: "the Ray cluster of the current attempt is up",
+    ConditionType.Training: "the trainer reports steps (False with the reason when an attempt failed or the job ended)",
+    ConditionType.ForgettingDetected: "a forgetting signal passed its limit (evaluation.forgetting)",
+    ConditionType.ProbesPassed: "the latest probe F1 reaches evaluation.probeTargetF1 (only with a target)",
+    ConditionType.Succeeded: "training finished and the model was exported",
+    ConditionType.Failed: "the job ended without success; the reason says why",
+}
+
 PREFLIGHT = "StorageReady=False"
 FAILED = "Failed=True"
 RETRIED = "AttemptFailed event"
@@ -262,8 +273,10 @@ class Reason(str, Enum):
 
 
 def reasons_table() -> str:
-    """The troubleshooting table of docs/operations.md (generated; a test fails on drift)."""
-    lines = ["| reason | where | terminal | meaning and fix |", "|---|---|---|---|"]
+    """The condition and troubleshooting tables of docs/operations.md (generated; a test fails on drift)."""
+    lines = ["| condition | meaning |", "|---|---|"]
+    lines += [f"| `{kind.value}` | {text} |" for kind, text in CONDITIONS.items()]
+    lines += ["", "| reason | where | terminal | meaning and fix |", "|---|---|---|---|"]
     for reason in Reason:
         lines.append(
             f"| `{reason.value}` | {reason.where} | {'yes' if reason.terminal else ''} | {reason.description} |"

@@ -35,5 +35,6 @@ def test_members_are_their_wire_strings() -> None:
 
 
 def test_the_docs_table_has_one_row_per_reason() -> None:
-    rows = reasons_table().splitlines()[2:]
-    assert [row.split("`")[1] for row in rows] == [r.value for r in Reason]
+    conditions, reasons = reasons_table().split("\n\n")
+    assert [row.split("`")[1] for row in conditions.splitlines()[2:]] == [c.value for c in ConditionType]
+    assert [row.split("`")[1] for row in reasons.splitlines()[2:]] == [r.value for r in Reason]
