@@ -30,7 +30,9 @@ def run(job_file: Path) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)
     doc["spec"]["checkpoint"]["uri"] = str(run_dir) + "/"
     for source in doc["spec"]["data"]["sources"]:
-        source["uris"] = [str((job_file.parent / u).resolve()) + ("/" if u.endswith("/") else "") for u in source["uris"]]
+        source["uris"] = [
+            str((job_file.parent / u).resolve()) + ("/" if u.endswith("/") else "") for u in source["uris"]
+        ]
     probes = doc["spec"].get("evaluation", {}).get("probes")
     if probes:
         doc["spec"]["evaluation"]["probes"] = str((job_file.parent / probes).resolve())
@@ -79,10 +81,8 @@ def main() -> None:
             cells += f"{fmt(value(ev.get('baseline'), key)):>24}{fmt(value(ev.get('latest'), key)):>24}"
         lines.append(f"{label:<24}{cells}")
     for n in names:
-        p = results[n]
-        lines.append(
-            f"{n}: {p['state']} after {p['progress']['step']} steps, {p['progress']['tokens']:,} tokens, {p['seconds']} s"
-        )
+        p, t = results[n], results[n]["progress"]
+        lines.append(f"{n}: {p['state']} after {t['step']} steps, {t['tokens']:,} tokens, {p['seconds']} s")
     print("\n".join(lines))
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
 

@@ -142,3 +142,27 @@ def test_cpt_render_prints_both_objects(tmp_path: Path) -> None:
     docs = list(yaml.safe_load_all(out.stdout))
     assert [d["kind"] for d in docs] == ["ConfigMap", "RayJob"]
     assert docs[1]["metadata"]["namespace"] == "default" and "ownerReferences" not in docs[1]["metadata"]
+
+
+def test_tracking_secrets_reach_the_ray_pods_by_reference() -> None:
+    from cpt_core.api.validation import parse_job
+    from cpt_operator.controller.builders import build_rayjob
+    from cpt_operator.controller.settings import OperatorSettings
+
+    from devkit.jobs import tiny_job_doc
+
+    doc = tiny_job_doc(
+        metadata={"name": "tracked", "namespace": "ml"},
+        spec={
+            "tracking": {
+                "mlflow": {"trackingUri": "http://mlflow:5000", "credentialsSecret": "mlflow-token"},
+                "wandb": {"project": "cpt", "apiKeySecret": "wandb-key"},
+            }
+        },
+    )
+    rayjob = build_rayjob(parse_job(doc), 1, OperatorSettings())
+    head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in head["env"] if "valueFrom" in e}
+    assert refs["WANDB_API_KEY"] == {"name": "wandb-key", "key": "WANDB_API_KEY", "optional": True}
+    assert refs["MLFLOW_TRACKING_TOKEN"]["name"] == "mlflow-token"
+    assert not any("value" in e and e["name"].startswith(("WANDB", "MLFLOW")) for e in head["env"])

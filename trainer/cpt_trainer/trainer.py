@@ -43,6 +43,7 @@ from .regularization import Regularizer
 from .reporter import ProgressReporter
 from .sources import load_tokenizer
 from .step import NonFiniteLoss, TrainStep, reset_optimizer, set_weight_decay
+from .tracking import Tracker
 from .train_state import RNGState, Stateful, TrainState
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,16 @@ class Trainer:
         if resume is not None:
             self.checkpointer.restore(self.engine, resume)
         self.data.enter(self.stage_at(self.state.step), self.state.step)
+        self.tracker = Tracker(
+            spec.tracking,
+            self.store.run,
+            self.storage,
+            job=ctx.job,
+            uid=ctx.uid,
+            resume_step=self.state.step,
+            config=spec.wire(),
+            enabled=ctx.leader,
+        )
 
     def stage_at(self, step: int) -> Stage:
         return next((s for s in self.stages if s.contains(step)), self.stages[-1])
@@ -191,6 +202,7 @@ class Trainer:
             tokens = self.rows * self.spec.data.sequence_length
             self.state.record_step(loss, lr, time.monotonic() - began, tokens, stage.name)
             step, stage_done = self.state.step, self.state.step == stage.end
+            self.track_step()
             self.checkpointer.poll()
             if self.evaluator.due(step, stage.end):
                 self.evaluate()
@@ -202,6 +214,7 @@ class Trainer:
             stop = self.evaluator.watch.should_stop
             if step % checkpoint_interval == 0 or stage_done or stop:
                 self.checkpointer.save(self.engine, step)
+                self.tracker.sync()
             self.report(force=stage_done)
             for hook in self.hooks:
                 hook.after_step(self)
@@ -220,6 +233,7 @@ class Trainer:
             reset_optimizer(self.engine)
         if self.stage_log.started(stage) and len(self.stages) > 1:
             log.info("stage %s (%d/%d) starts at step %d", stage.name, stage.index + 1, len(self.stages), step)
+            self.tracker.log(step, {}, stage=stage.name)
         if self.regularizer is not None and (at_start or self.regularizer.anchor is None):
             self.regularizer.start(stage.name, self.engine.module, self._fisher_batches())
 
@@ -272,7 +286,26 @@ class Trainer:
 
     def evaluate(self) -> None:
         self.evaluator.run(self.engine.module, self.state.step)
-        self.state.record_eval(self.evaluator.row())
+        row = self.evaluator.row()
+        self.state.record_eval(row)
+        self.tracker.log_eval(row)
+
+    def track_step(self) -> None:
+        """The step's scalars to the trackers, and every `tracking.logEverySteps` a line in the log."""
+        row = self.state.latest_train()
+        assert row is not None
+        self.tracker.log_train(row)
+        every = self.spec.tracking.log_every_steps
+        if self.ctx.leader and (row["step"] % every == 0 or row["step"] == self.total_steps):
+            log.info(
+                "step %d/%d (%s) loss %.4f lr %.3g %.0f tokens/s",
+                row["step"],
+                self.total_steps,
+                row["stage"],
+                row["loss"],
+                row["lr"],
+                row["tokensPerSecond"],
+            )
 
     # -- endings --------------------------------------------------------------------------
 
@@ -297,6 +330,7 @@ class Trainer:
                 stages=[(s.name, s.start) for s in self.stages] if len(self.stages) > 1 else [],
             )
             self.report("succeeded", force=True, output=OutputStatus(model_uri=model_uri, report_uri=report_uri))
+        self.tracker.close()
         self.ctx.barrier()
         return Outcome("succeeded", self.state.step, model_uri=model_uri or str(target), losses=self.state.losses)
 
@@ -311,12 +345,14 @@ class Trainer:
             "lower the learning rate, use forgetting.action: adapt, or raise the limits in evaluation.forgetting"
         )
         self.report("stopped", reason=Reason.ForgettingDetected, message=message, force=True)
+        self.tracker.close()
         return Outcome("stopped", self.state.step, Reason.ForgettingDetected, message, losses=self.state.losses)
 
     def fail(self, reason: Reason, message: str) -> Outcome:
         """Record a failure no restart can fix (rank 0 writes it; the operator ends the job)."""
         log.error("%s: %s", reason.value, message)
         self.report("failed", reason=reason, message=message, force=True)
+        self.tracker.close()
         return Outcome("failed", self.state.step, reason, message, losses=self.state.losses)
 
     # -- progress -------------------------------------------------------------------------

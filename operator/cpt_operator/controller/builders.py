@@ -21,6 +21,11 @@ SPEC_KEY = "job.yaml"
 CACHE_DIR = "/var/cache/cpt"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CREDENTIAL_KEYS = (("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False), ("AWS_SESSION_TOKEN", True))
+#: Keys of the tracking Secrets that reach the Ray pods (each optional: a sink may need only some).
+TRACKING_KEYS = {
+    "mlflow": ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"),
+    "wandb": ("WANDB_API_KEY",),
+}
 
 
 class _BlockDumper(yaml.SafeDumper):
@@ -118,6 +123,15 @@ def _env(job: CPTJob) -> list[dict[str, Any]]:
             ref: dict[str, Any] = {"name": secret, "key": key}
             if optional:
                 ref["optional"] = True
+            env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+    tracking = job.spec.tracking
+    optional = [
+        (tracking.mlflow.credentials_secret if tracking.mlflow else None, TRACKING_KEYS["mlflow"]),
+        (tracking.wandb.api_key_secret if tracking.wandb else None, TRACKING_KEYS["wandb"]),
+    ]
+    for name, keys in optional:
+        for key in keys if name else ():
+            ref = {"name": name, "key": key, "optional": True}
             env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
     return env
 
