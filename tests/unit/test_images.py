@@ -47,8 +47,8 @@ def distributions(modules: set[str]) -> dict[str, set[str]]:
 
 def extras_in(dockerfile: Path) -> list[str]:
     text = dockerfile.read_text()
-    found = re.findall(r'\.?\[(\w+)\]"?', " ".join(line for line in text.splitlines() if "pip" in line))
-    return sorted(set(found))
+    found = re.findall(r'\.?\[([\w,]+)\]"?', " ".join(line for line in text.splitlines() if "pip" in line))
+    return sorted({extra for group in found for extra in group.split(",")})
 
 
 @pytest.mark.parametrize(
