@@ -39,7 +39,9 @@ def prepare(file: Path, use_ray: bool, cpus: int | None) -> None:
             fail(str(exc))
     for source in report.sources:
         m = source.manifest
-        state = "cache hit" if source.cache_hit else f"tokenized {source.tokenized_documents} documents"
+        state = "cache hit (verified)" if source.cache_hit else f"tokenized {source.tokenized_documents} documents"
+        if source.rebuilt:
+            state += f" (the cached entry was damaged and was rebuilt: {source.rebuilt})"
         click.echo(
             f"{source.name}: {state}; {m.train.rows} rows x {m.sequence_length} tokens, "
             f"{m.holdout.documents} holdout documents, {m.skipped.malformed} malformed skipped -> {source.uri}"
