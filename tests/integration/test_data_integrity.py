@@ -50,7 +50,8 @@ def spec_for(tmp_path: Path, uris: list[str], cache: str | None = None, **source
 
 
 def jsonl(n: int) -> bytes:
-    return "".join(json.dumps({"text": f"Document {i}: the harbour board collects the fee."}) + "\n" for i in range(n)).encode()
+    texts = (f"Document {i}: the harbour board collects the fee." for i in range(n))
+    return "".join(json.dumps({"text": t}) + "\n" for t in texts).encode()
 
 
 def zstd_in_two_blocks(lines: bytes) -> tuple[bytes, int]:

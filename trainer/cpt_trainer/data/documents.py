@@ -202,8 +202,7 @@ def iter_documents(source: DataSource, obj: ObjectInfo, storage: Storage) -> Ite
         raise
     except _damage_errors() as exc:
         raise DataError(
-            f"source '{name}': {uri} is damaged or truncated ({exc}). "
-            "Replace the file (or remove it from the source)"
+            f"source '{name}': {uri} is damaged or truncated ({exc}). Replace the file (or remove it from the source)"
         ) from None
     except (OSError, StorageError) as exc:
         raise DataError(f"source '{name}': cannot read {uri}: {exc}") from None

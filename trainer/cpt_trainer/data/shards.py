@@ -198,7 +198,7 @@ class ShardReader:
             if len(data) != size:
                 raise CacheDamaged(
                     f"cache entry {self.base} is damaged: {location} record {offset} is {len(data)} bytes, expected "
-                    f"{size}; run again: the cache is verified and the entry rebuilt before training"
+                    f"{size}; run again: the cache is verified and the entry rebuilt"
                 )
             return data
         with self._lock:
@@ -210,7 +210,7 @@ class ShardReader:
                     actual = path.stat().st_size if path.exists() else "missing"
                     raise CacheDamaged(
                         f"cache entry {self.base} is damaged: {path} is {actual} bytes, expected "
-                        f"{expected_rows * size}; run again: the cache is verified and the entry rebuilt before training"
+                        f"{expected_rows * size}; run again: the cache is verified and the entry rebuilt"
                     )
                 mapped = np.memmap(path, dtype=np.uint8, mode="r", shape=(expected_rows, size))
                 self._maps[shard] = mapped
