@@ -4,6 +4,7 @@ trainer's parts need (all tensors on the process's device, so they work with glo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -46,3 +47,11 @@ class RunContext:
         if self.world > 1:
             dist.all_reduce(values)
         return values
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's `value` (picklable), in rank order, on every rank."""
+        if self.world == 1:
+            return [value]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out

@@ -36,6 +36,7 @@ from .hooks import TrainerHooks
 from .model import build_model, check_tokenizer_matches, param_groups, training_dtype
 from .plan import Stage, plan
 from .reporter import ProgressReporter
+from .resume import find_resume_point
 from .sources import load_tokenizer
 from .step import NonFiniteLoss, TrainStep
 from .train_state import RNGState, TrainState
@@ -107,7 +108,8 @@ class Trainer:
         if ctx.leader:
             self.store.claim(ctx.job, ctx.uid, ctx.attempt)
         ctx.barrier()
-        resume = self.store.latest_committed()
+        # The newest checkpoint every rank verified (damaged ones are skipped and moved aside).
+        resume, skipped = find_resume_point(self.store, ctx)
         dtype = training_dtype(spec.model, ctx.device)
         # Init-from and resume are separate paths: a resumed run reads no starting weights.
         model, _ = build_model(
@@ -143,6 +145,7 @@ class Trainer:
             parts={"train": self.state, "data": self.data, "evaluation": self.evaluator},
             rank_parts={"rng": RNGState()},
         )
+        self.checkpointer.skipped = skipped
         if resume is not None:
             self.checkpointer.restore(self.engine, resume)
         self.data.enter(self.stage_at(self.state.step))
@@ -270,7 +273,6 @@ class Trainer:
             sources=data_accounting(self.prepared, self.data.consumed_rows(self.state.step)),
             resumed_with_changes=self.data.resumed_with_changes,
         )
-        committed = self.checkpointer.committed
         self.reporter.report(
             state,
             reason=reason,
@@ -279,7 +281,7 @@ class Trainer:
             progress=progress,
             data=data,
             evaluation=self.evaluator.status(),
-            checkpoint=committed.ref() if committed else None,
+            checkpoint=self.checkpointer.ref(),
             output=output,
         )
 
