@@ -46,6 +46,17 @@ class Checkpointer:
         self.resumed_from: int | None = None
         self.skipped: list[SkippedCheckpoint] = []
         self._pending_state: dict[str, Any] | None = None
+        self.last_save_seconds: float | None = None
+        """Local save + upload of this attempt's last checkpoint on this rank (to judge a save on interrupt)."""
+
+    def fits_in(self, seconds: float) -> bool:
+        """Whether every rank expects a save and upload to finish within `seconds` (collective).
+
+        Judged by this attempt's last save; before the first one there is nothing to judge by and a
+        save is tried (the driver still abandons it when the grace period runs out).
+        """
+        mine = seconds > 0 and (self.last_save_seconds is None or self.last_save_seconds <= seconds)
+        return self.ctx.all_true(mine)
 
     def describe(self) -> str:
         """The resume point in words, for messages."""
@@ -110,6 +121,8 @@ class Checkpointer:
         if self.store.pending is None:
             return
         upload = self.store.finish_upload()
+        if upload is not None:
+            self.last_save_seconds = upload.save_seconds + upload.seconds
         # Every rank's uploaded files with their checksums, for the manifest (also the barrier before commit).
         files: dict[str, Any] = {}
         for rank_files in reversed(self.ctx.gather(upload.files if upload is not None else None)):

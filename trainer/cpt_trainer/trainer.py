@@ -33,6 +33,7 @@ from .engine import batch_geometry, create_engine, deepspeed_config, prepare_dee
 from .evaluate import Evaluator
 from .export import export_model
 from .hooks import TrainerHooks
+from .interrupt import Interrupted, StopSignal
 from .model import build_model, check_tokenizer_matches, param_groups, training_dtype
 from .plan import Stage, plan
 from .reporter import ProgressReporter
@@ -50,7 +51,7 @@ __all__ = ["NonFiniteLoss", "Outcome", "RunContext", "Trainer"]
 class Outcome:
     """How the run ended (the same on every rank)."""
 
-    state: str  # succeeded | stopped | failed
+    state: str  # succeeded | stopped | failed | interrupted
     step: int
     reason: Reason | None = None
     message: str | None = None
@@ -78,6 +79,7 @@ class Trainer:
         self.total_steps = self.stages[-1].end
         self.rows, self.accumulation = batch_geometry(self.spec, ctx.world)
         self.state = TrainState()
+        self.stop_signal = StopSignal()  # SIGINT/SIGTERM, via the driver's stop request (interrupt.py)
         self.store = CheckpointStore(self.storage, self.spec.checkpoint.uri, ctx.rank, ctx.world)
         self.reporter = ProgressReporter(
             self.storage,
@@ -161,6 +163,8 @@ class Trainer:
 
     def fit(self) -> Outcome:
         """Train every remaining stage (or until stopped), then export."""
+        if self.ctx.leader:
+            self.stop_signal.watch(self.storage, self.spec.checkpoint.uri, self.ctx.attempt)
         try:
             if self.state.step == 0:
                 self.evaluate()
@@ -177,6 +181,10 @@ class Trainer:
         except FencedOut as exc:
             log.error("%s", exc)
             return Outcome("failed", self.state.step, Reason.FencedOut, str(exc), losses=self.state.losses)
+        except Interrupted as exc:
+            return self.interrupted(exc.signal_name)
+        finally:
+            self.stop_signal.close()
 
     def train_stage(self, stage: Stage) -> bool:
         """Train `stage` from the current step to its end; True when the forgetting watch stopped it."""
@@ -198,6 +206,8 @@ class Trainer:
             self.report(force=step == self.total_steps)
             for hook in self.hooks:
                 hook.after_step(self)
+            if self.train_step.stop_requested:
+                raise Interrupted(self.train_step.stop_requested)
             if stop:
                 return True
         return False
@@ -235,6 +245,21 @@ class Trainer:
         )
         self.report("stopped", reason=Reason.ForgettingDetected, message=message, force=True)
         return Outcome("stopped", self.state.step, Reason.ForgettingDetected, message, losses=self.state.losses)
+
+    def interrupted(self, signal_name: str) -> Outcome:
+        """SIGINT/SIGTERM: commit this step when the grace period allows, record `interrupted`, end cleanly."""
+        step = self.state.step
+        if self.checkpointer.fits_in(self.spec.checkpoint.interrupt_grace_seconds):
+            self.checkpointer.save(self.engine, step)
+        self.checkpointer.finish()
+        message = f"interrupted by {signal_name} after step {step}; the next run resumes from " + (
+            f"the checkpoint of {self.checkpointer.describe()} ({self.checkpointer.committed.location})"
+            if self.checkpointer.committed
+            else "the start (no checkpoint was committed yet)"
+        )
+        log.warning("%s", message)
+        self.report("interrupted", reason=Reason.Interrupted, message=message, force=True)
+        return Outcome("interrupted", step, Reason.Interrupted, message, losses=self.state.losses)
 
     def fail(self, reason: Reason, message: str) -> Outcome:
         """Record a failure no restart can fix (rank 0 writes it; the operator ends the job)."""

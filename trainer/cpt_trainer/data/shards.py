@@ -191,9 +191,18 @@ class ShardReader:
         size = self.layout.record_bytes
         location = self._location(shard)
         if location.is_s3:
-            response = self.storage.s3.get_object(
-                Bucket=location.bucket, Key=location.key, Range=f"bytes={offset * size}-{(offset + 1) * size - 1}"
-            )
+            try:
+                response = self.storage.s3.get_object(
+                    Bucket=location.bucket, Key=location.key, Range=f"bytes={offset * size}-{(offset + 1) * size - 1}"
+                )
+            except Exception as exc:
+                code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+                if code in ("InvalidRange", "NoSuchKey", "404"):
+                    raise CacheDamaged(
+                        f"cache entry {self.base} is damaged: {location} has no record {offset} ({code}); "
+                        "run again: the cache is verified and the entry rebuilt"
+                    ) from None
+                raise
             data: bytes = response["Body"].read()
             if len(data) != size:
                 raise CacheDamaged(
