@@ -265,7 +265,8 @@ def run_job(
                 name=f"{run_name(job)}-a{attempt}" + (f"-r{failures}" if failures else ""),
                 storage_path=storage_path,
                 failure_config=ray.train.FailureConfig(max_failures=0),  # this loop decides (see the module doc)
-                logging_config=ray.train.LoggingConfig(log_level=options.log_level),
+                # Train V2's RunConfig (the stubs still describe V1's, which lacks it).
+                logging_config=ray.train.LoggingConfig(log_level=options.log_level),  # type: ignore[call-arg]
             ),
         )
         error = _fit(trainer, stop)
