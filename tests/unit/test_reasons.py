@@ -13,6 +13,8 @@ def test_terminal_reasons_are_the_ones_no_restart_can_fix() -> None:
         "ResumeMismatch",
         "CheckpointOwnedByAnotherJob",
         "InvalidSpec",
+        "CheckpointUnloadable",
+        "CacheDamaged",
         "ForgettingDetected",
         "DeadlineExceeded",
         "ValidationFailed",
@@ -37,3 +39,8 @@ def test_members_are_their_wire_strings() -> None:
 def test_the_docs_table_has_one_row_per_reason() -> None:
     rows = reasons_table().splitlines()[2:]
     assert [row.split("`")[1] for row in rows] == [r.value for r in Reason]
+
+
+def test_interruptions_and_damaged_checkpoints_are_not_terminal() -> None:
+    # An interrupted attempt resumes; a damaged checkpoint is skipped (a warning), never the end of the run.
+    assert not Reason.is_terminal("Interrupted") and not Reason.is_terminal("CheckpointDamaged")
