@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +23,9 @@ from cpt_trainer.data import DataError, prepare
 from cpt_trainer.data.tokenize import DocumentTokenizer
 from cpt_trainer.sources import load_tokenizer
 
+from devkit.huge_document import measure
 from devkit.jobs import TINY_MODEL, tiny_job, tiny_job_doc, write_numbered_corpus
 from devkit.seaweed import SeaweedS3
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -181,54 +179,10 @@ def test_a_replaced_shard_on_s3_is_rebuilt(tmp_path: Path, tokenizer: Any, s3_en
 
 # -- finding 8: one huge document, bounded memory ---------------------------------------------------------
 
-MEASURE = """
-import json, os, random, resource, sys
-from pathlib import Path
-sys.path.insert(0, {root!r})
-from cpt_core.storage import Storage
-from cpt_trainer.data import prepare
-from cpt_trainer.sources import load_tokenizer
-from devkit.jobs import TINY_MODEL, tiny_job
-
-def rss():
-    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-tmp, size = Path(sys.argv[1]), int(sys.argv[2])
-random.seed(0)
-words = ["harbour", "pilotage", "fee", "the", "board", "collects", "within", "days", "vessel", "tonnage", "of"]
-text = " ".join(random.choice(words) for _ in range(size // 6))
-def job(corpus):
-    return tiny_job(spec={{"data": {{"sequenceLength": 64, "validation": {{"holdoutDocuments": 1}},
-        "sources": [{{"name": "h", "role": "domain", "uris": [str(corpus) + "/"], "weight": 1}}],
-        "cacheUri": str(tmp / "cache") + "/"}}, "training": {{"globalBatchTokens": 256}}}}).spec
-for name, body in (("small", [f"warm-up document {{i}} " * 20 for i in range(50)]), ("huge", [text] + ["tail"] * 4)):
-    (tmp / name).mkdir()
-    (tmp / name / "part.jsonl").write_text("".join(json.dumps({{"text": t}}) + "\\n" for t in body))
-document = len(text.encode())
-del text
-tokenizer = load_tokenizer(str(TINY_MODEL))
-prepare(job(tmp / "small"), Storage(), tokenizer=tokenizer)  # one-time allocations go into the baseline
-baseline = rss()
-rows = prepare(job(tmp / "huge"), Storage(), tokenizer=tokenizer).sources[0].manifest.train.rows
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({{"documentBytes": document, "baselineRss": baseline, "peakRss": peak, "rows": rows}}))
-"""
-
 
 def test_a_huge_single_line_document_needs_memory_within_10x_its_size(tmp_path: Path) -> None:
     """Before: a 20 MB single-line document peaked at ~2.6 GB (about 100x over the baseline)."""
-    script = tmp_path / "measure.py"
-    script.write_text(MEASURE.format(root=str(ROOT)))
-    (tmp_path / "work").mkdir()
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "work"), str(20 * 1024 * 1024)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "TOKENIZERS_PARALLELISM": "true"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    figures = measure(tmp_path, 20 * 1024 * 1024)
     growth = figures["peakRss"] - figures["baselineRss"]
     ratio = growth / figures["documentBytes"]
     print(
