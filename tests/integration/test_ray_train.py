@@ -183,3 +183,30 @@ def test_a_permanent_error_on_one_rank_is_reported_once_and_never_retried(
     assert progress.message == str(info.value)
     assert "train-00000.bin has no record" in progress.message and "run again" in progress.message
     assert "\n" not in progress.message and "Traceback" not in progress.message
+
+
+def test_changing_cluster_workers_resumes_with_the_new_number(
+    uninterrupted: tuple[CPTJob, Any], ray_cluster: SeaweedS3, tmp_path: Path
+) -> None:
+    """Finding 9: resuming a 2-worker checkpoint with 1 worker was a RuntimeError retried until RestartLimitReached."""
+    reference_job, _ = uninterrupted
+    storage = Storage(S3Settings.from_spec(reference_job.spec.storage, ray_cluster.env()))
+    reference = final_losses(storage, reference_job)
+
+    job = job_on_s3(ray_cluster, "ray-resize")
+    crash = LaunchOptions(
+        2, False, {"CPU": 0.5}, max_failures=0, cpu_threads=1, worker_env=fault_env("raise_at_step=5")
+    )
+    with pytest.raises(TrainingError, match="injected fault after step 5"):
+        run_job(job, crash, attempt=1, storage_path=str(tmp_path / "two"))
+    written = CheckpointStore(storage, job.spec.checkpoint.uri).latest_committed()
+    assert written is not None and written.world == 2 and written.step in (2, 4)  # step 4's upload may be cut off
+
+    one = LaunchOptions(1, False, {"CPU": 1}, max_failures=0, cpu_threads=1)
+    progress = run_job(job, one, attempt=2, storage_path=str(tmp_path / "one"))
+    assert progress is not None and progress.state == "succeeded"
+    assert progress.checkpoint is not None and progress.checkpoint.resumed_from == written.step
+    resumed = final_losses(storage, job)
+    for step in range(1, 9):
+        assert resumed[step] == pytest.approx(reference[step], abs=1e-5), step
+    assert CheckpointStore(storage, job.spec.checkpoint.uri).latest_committed().world == 1
