@@ -212,9 +212,11 @@ def run_local(job: CPTJob, cpus: int | None = None, path: str | None = None) -> 
     except Exception as exc:
         console.print(f"[red]training failed:[/red] {one_line(exc)}", soft_wrap=True)
         return 1
-    if final is not None and final.state == "interrupted":
+    if stop.signal_name and (final is None or final.state in ("preparing", "running", "interrupted")):
+        if final is None or final.state != "interrupted":  # the trainers ended without saying so
+            final = record_abandoned(job, attempt, stop)
         print_interrupted(final, again)
-        return stop.exit_code if stop.signal_name else exit_code(final)
+        return stop.exit_code
     print_summary(final)
     return exit_code(final)
 
@@ -260,9 +262,11 @@ def train_in_cluster(job: CPTJob, attempt: int, max_worker_failures: int) -> int
         print(f"cpt train: attempt {attempt} failed: {one_line(exc)}", file=sys.stderr)
         return 1
     log.info("attempt %d ended %s after %.0fs", attempt, final.state if final else "?", time.monotonic() - started)
-    if final is not None and final.state == "interrupted":
-        print(f"cpt train: {final.message}", file=sys.stderr)
-        return stop.exit_code if stop.signal_name else exit_code(final)
+    if stop.signal_name and (final is None or final.state in ("preparing", "running", "interrupted")):
+        if final is None or final.state != "interrupted":
+            final = record_abandoned(job, attempt, stop)
+        print(f"cpt train: {final.message if final else 'interrupted'}", file=sys.stderr)
+        return stop.exit_code
     print_summary(final)
     # A deliberate stop (forgetting) is not a crash: the RayJob succeeds and the operator reads the reason.
     return 0 if final is not None and final.state in ("succeeded", "stopped") else 1
