@@ -180,11 +180,14 @@ def test_replayed_steps_are_reported_once(tmp_path: Path) -> None:
 # -- finding 9: resume with another number of training processes ------------------------------------
 
 
-def test_a_run_of_two_processes_resumes_with_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_a_run_of_two_processes_resumes_with_one(tmp_path: Path, zero_stage: int) -> None:
     """Before: "written by 2 training processes; resuming it needs the same number" (a RuntimeError,
     retried until RestartLimitReached)."""
     run = tmp_path / "run"
-    spec = spec_for(run)
+    spec = spec_for(run).model_copy(
+        update={"deepspeed": spec_for(run).deepspeed.model_copy(update={"zero_stage": zero_stage})}
+    )
     prepared = prepare(spec.resolved(), Storage()).sources
     two = run_trainers(spec, prepared, world=2, out=tmp_path / "two")
     assert [r["state"] for r in two] == ["succeeded", "succeeded"]

@@ -402,12 +402,25 @@ class CheckpointStore:
 
     def load(self, engine: Any, local: Path, tag: str = TAG, universal: bool = False) -> None:
         """Load verified, downloaded shards into the engine (`universal`: a converted, resized checkpoint)."""
+        # Two slips of DeepSpeed's ZeRO-3 universal load (stage3.py,
+        # load_hp_checkpoint_state_from_checkpoint_dir_stage3), undone after it: it copies param group
+        # 0's hyperparameters onto every group (weight decay would reach the no-decay group; the groups'
+        # own settings are this engine's, so they are put back), and it gives every sub-group the same
+        # `step` tensor, which Adam then increments once per sub-group (each gets its own copy back).
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups]
         if universal:
             # DeepSpeed reads this flag at load time only: set for this load, then cleared, so the
             # next save is an ordinary checkpoint of the new world size.
             engine._config.load_universal_checkpoint = True
         try:
             path, _ = engine.load_checkpoint(str(local), tag=tag, load_module_strict=True)
+            if universal:
+                for group, settings in zip(engine.optimizer.param_groups, groups, strict=True):
+                    group.update(settings)
+                inner = getattr(engine.optimizer, "optimizer", None)
+                for state in getattr(inner, "state", {}).values():
+                    if hasattr(state.get("step"), "clone"):
+                        state["step"] = state["step"].clone()
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise CheckpointUnloadable(
