@@ -127,6 +127,20 @@ class Reason(str, Enum):
         FAILED,
         "`checkpoint.uri` holds the run of a job with another name. Use another URI.",
     )
+    CheckpointUnloadable = (
+        "CheckpointUnloadable",
+        True,
+        FAILED,
+        "a committed checkpoint passed verification but DeepSpeed cannot load it (a DeepSpeed, model or "
+        "`deepspeed` config change since it was written); restore them, or use a new `checkpoint.uri`.",
+    )
+    CacheDamaged = (
+        "CacheDamaged",
+        True,
+        FAILED,
+        "a data cache shard changed after it was verified (while training); run again (re-apply): the cache is "
+        "verified before training and the entry rebuilt.",
+    )
     InvalidSpec = (
         "InvalidSpec",
         True,
@@ -154,6 +168,13 @@ class Reason(str, Enum):
         False,
         RETRIED,
         "a newer attempt took over the run directory; this attempt stopped without writing.",
+    )
+    Interrupted = (
+        "Interrupted",
+        False,
+        RETRIED,
+        "SIGINT or SIGTERM (Ctrl-C, pod eviction, preemption): the trainer finished its step, committed a "
+        "checkpoint when `checkpoint.interruptGraceSeconds` allowed, and stopped; the next attempt resumes.",
     )
 
     # -- KubeRay's RayJob status.reason ------------------------------------------------------
@@ -217,6 +238,13 @@ class Reason(str, Enum):
     Completed = ("Completed", False, "Succeeded=True", "training finished and the model was exported.")
 
     # -- events and the other conditions ------------------------------------------------------
+    CheckpointDamaged = (
+        "CheckpointDamaged",
+        False,
+        "warning; `status.checkpoint.skipped`",
+        "a committed checkpoint failed verification (a file missing, cut short or changed) or loading; it was "
+        "moved to `<checkpoint.uri>/_damaged/` and the run resumed from the newest good one.",
+    )
     AttemptStarted = ("AttemptStarted", False, EVENT, "a RayJob was created for a new attempt.")
     AttemptFailed = (
         "AttemptFailed",

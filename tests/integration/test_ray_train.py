@@ -4,12 +4,15 @@
 - the same run with a worker SIGKILLed after its first committed checkpoint: Ray Train restarts
   the worker group, which resumes from that checkpoint; the per-step losses equal the
   uninterrupted run's to 1e-6;
-- a ZeRO-3 run whose consolidated export loads with transformers.
+- a ZeRO-3 run whose consolidated export loads with transformers;
+- failure classes: a permanent error on one rank (a cache shard damaged after it was verified) is
+  reported once with its reason and one line, never retried; a lost worker is retried.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +20,12 @@ from typing import Any
 
 import pytest
 import torch
+from cpt_core.api.progress import read_progress
 from cpt_core.api.v1alpha1 import CPTJob
 from cpt_core.api.validation import parse_job
 from cpt_core.storage import S3Settings, Storage
 from cpt_trainer.checkpoint import COMMITTED, STATE_FILE, CheckpointStore
-from cpt_trainer.launch import LaunchOptions, run_job
+from cpt_trainer.launch import LaunchOptions, TrainingError, run_job
 
 from devkit.jobs import tiny_job_doc
 from devkit.seaweed import SeaweedS3
@@ -112,7 +116,7 @@ def test_checkpoints_and_export_land_on_s3(
 
 
 def test_killed_worker_resumes_from_the_last_checkpoint_with_identical_losses(
-    uninterrupted: tuple[CPTJob, Any], ray_cluster: SeaweedS3, tmp_path: Path
+    uninterrupted: tuple[CPTJob, Any], ray_cluster: SeaweedS3, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     reference_job, _ = uninterrupted
     storage = Storage(S3Settings.from_spec(reference_job.spec.storage, ray_cluster.env()))
@@ -122,8 +126,11 @@ def test_killed_worker_resumes_from_the_last_checkpoint_with_identical_losses(
     job = job_on_s3(ray_cluster, "ray-killed")
     fault = fault_env(f"kill_rank=1,after_commit=4,marker={marker}")
     opts = LaunchOptions(2, False, {"CPU": 0.5}, max_failures=1, cpu_threads=1, worker_env=fault)
-    progress = run_job(job, opts, attempt=1, storage_path=str(tmp_path / "ray-results"))
+    with caplog.at_level(logging.WARNING, logger="cpt_trainer.launch"):
+        progress = run_job(job, opts, attempt=1, storage_path=str(tmp_path / "ray-results"))
     assert marker.exists(), "the fault was not injected"
+    # A lost worker is transient: retried once, from the last committed checkpoint.
+    assert any("retry 1 of 1 resumes from the last committed checkpoint" in r.getMessage() for r in caplog.records)
     assert progress is not None and progress.state == "succeeded" and progress.progress.step == 8
     resumed = final_losses(storage, job)
     assert sorted(resumed) == list(range(1, 9))
@@ -150,3 +157,56 @@ def test_zero3_with_two_workers_exports_a_loadable_model(ray_cluster: SeaweedS3,
         logits = model(input_ids=torch.tensor([[1, 2, 3]])).logits
     assert torch.isfinite(logits).all()
     assert progress.evaluation.latest.domain_loss < progress.evaluation.baseline.domain_loss
+
+
+def test_a_permanent_error_on_one_rank_is_reported_once_and_never_retried(
+    ray_cluster: SeaweedS3, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding 5: a damaged shard was retried maxRestarts times and reported as traceback lines."""
+    job = job_on_s3(ray_cluster, "ray-damaged", data={"cacheUri": f"s3://{ray_cluster.bucket}/cache-damaged/"})
+    storage = Storage(S3Settings.from_spec(job.spec.storage, ray_cluster.env()))
+
+    def damage_after_verification() -> None:  # the cache is verified by prepare; this happens after it
+        shard = next(
+            o for o in storage.list_objects(job.spec.data.cache_uri) if o.location.key.endswith("train-00000.bin")
+        )
+        storage.write_bytes(shard.location, storage.read_bytes(shard.location)[: shard.size // 4])
+
+    with caplog.at_level(logging.WARNING, logger="cpt_trainer.launch"), pytest.raises(TrainingError) as info:
+        run_job(
+            job, options(max_failures=3), attempt=1, on_prepared=damage_after_verification, storage_path=str(tmp_path)
+        )
+    assert info.value.reason == "CacheDamaged"
+    assert not any("retry" in r.getMessage() for r in caplog.records)  # never retried
+    progress = read_progress(storage, job.spec.checkpoint.uri, job=job.metadata.name, uid=None, attempt=1)
+    assert progress is not None and progress.state == "failed" and progress.reason == "CacheDamaged"
+    assert progress.message == str(info.value)
+    assert "train-00000.bin has no record" in progress.message and "run again" in progress.message
+    assert "\n" not in progress.message and "Traceback" not in progress.message
+
+
+def test_changing_cluster_workers_resumes_with_the_new_number(
+    uninterrupted: tuple[CPTJob, Any], ray_cluster: SeaweedS3, tmp_path: Path
+) -> None:
+    """Finding 9: resuming a 2-worker checkpoint with 1 worker was a RuntimeError retried until RestartLimitReached."""
+    reference_job, _ = uninterrupted
+    storage = Storage(S3Settings.from_spec(reference_job.spec.storage, ray_cluster.env()))
+    reference = final_losses(storage, reference_job)
+
+    job = job_on_s3(ray_cluster, "ray-resize")
+    crash = LaunchOptions(
+        2, False, {"CPU": 0.5}, max_failures=0, cpu_threads=1, worker_env=fault_env("raise_at_step=5")
+    )
+    with pytest.raises(TrainingError, match="injected fault after step 5"):
+        run_job(job, crash, attempt=1, storage_path=str(tmp_path / "two"))
+    written = CheckpointStore(storage, job.spec.checkpoint.uri).latest_committed()
+    assert written is not None and written.world == 2 and written.step in (2, 4)  # step 4's upload may be cut off
+
+    one = LaunchOptions(1, False, {"CPU": 1}, max_failures=0, cpu_threads=1)
+    progress = run_job(job, one, attempt=2, storage_path=str(tmp_path / "one"))
+    assert progress is not None and progress.state == "succeeded"
+    assert progress.checkpoint is not None and progress.checkpoint.resumed_from == written.step
+    resumed = final_losses(storage, job)
+    for step in range(1, 9):
+        assert resumed[step] == pytest.approx(reference[step], abs=1e-5), step
+    assert CheckpointStore(storage, job.spec.checkpoint.uri).latest_committed().world == 1

@@ -9,7 +9,7 @@ import pytest
 from cpt_core.storage import Storage, parse_uri
 from cpt_trainer.data.documents import DataError, Document
 from cpt_trainer.data.loader import IGNORE_INDEX, to_model_inputs
-from cpt_trainer.data.shards import RowPacker, ShardLayout, ShardReader, ShardWriter
+from cpt_trainer.data.shards import CacheDamaged, RowPacker, ShardLayout, ShardReader, ShardWriter
 from cpt_trainer.data.tokenize import DOC_START, TRAIN, DocumentTokenizer
 from transformers import AutoTokenizer
 
@@ -109,7 +109,7 @@ def test_shards_split_at_rows_per_shard_and_detect_corruption(tmp_path: Path) ->
     shard = tmp_path / "train-00001.bin"
     shard.write_bytes(shard.read_bytes()[:-5])
     reader = ShardReader(Storage(), parse_uri(str(tmp_path)), ShardLayout(4, "<u2", 3), "train", 7)
-    with pytest.raises(ValueError, match=r"corrupted shard .*train-00001\.bin"):
+    with pytest.raises(CacheDamaged, match=r"is damaged: .*train-00001\.bin is 31 bytes, expected 36; run again"):
         reader.read([4])
 
 

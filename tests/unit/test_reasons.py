@@ -13,6 +13,8 @@ def test_terminal_reasons_are_the_ones_no_restart_can_fix() -> None:
         "ResumeMismatch",
         "CheckpointOwnedByAnotherJob",
         "InvalidSpec",
+        "CheckpointUnloadable",
+        "CacheDamaged",
         "ForgettingDetected",
         "DeadlineExceeded",
         "ValidationFailed",
@@ -38,3 +40,8 @@ def test_the_docs_table_has_one_row_per_reason() -> None:
     conditions, reasons = reasons_table().split("\n\n")
     assert [row.split("`")[1] for row in conditions.splitlines()[2:]] == [c.value for c in ConditionType]
     assert [row.split("`")[1] for row in reasons.splitlines()[2:]] == [r.value for r in Reason]
+
+
+def test_interruptions_and_damaged_checkpoints_are_not_terminal() -> None:
+    # An interrupted attempt resumes; a damaged checkpoint is skipped (a warning), never the end of the run.
+    assert not Reason.is_terminal("Interrupted") and not Reason.is_terminal("CheckpointDamaged")

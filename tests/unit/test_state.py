@@ -163,6 +163,28 @@ CASES = [
         restarts=0,
     ),
     Case(
+        "an interrupted attempt (SIGTERM: eviction, preemption) restarts",
+        job(Phase.Running, 1, **CHECKPOINTED),
+        Observed(
+            rayjob("Failed", "FAILED"),
+            progress("interrupted", reason="Interrupted", message="interrupted by SIGTERM after step 7"),
+            now=NOW,
+        ),
+        Phase.Restarting,
+        [DeleteRayJob("legal-a1")],
+        ["AttemptFailed", "Restarting"],
+        restarts=1,
+    ),
+    Case(
+        "an interrupted attempt whose RayJob completed restarts too",
+        job(Phase.Running, 1, **CHECKPOINTED),
+        Observed(rayjob("Complete", "SUCCEEDED"), progress("interrupted", reason="Interrupted"), now=NOW),
+        Phase.Restarting,
+        [DeleteRayJob("legal-a1")],
+        ["AttemptFailed", "Restarting"],
+        restarts=1,
+    ),
+    Case(
         "forgetting stop is terminal",
         job(Phase.Running, 1),
         Observed(rayjob("Complete", "SUCCEEDED"), progress("stopped", reason="ForgettingDetected"), now=NOW),

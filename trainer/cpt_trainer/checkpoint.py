@@ -5,12 +5,16 @@ Protocol (every rank takes part; rank 0 commits):
 1. every rank saves its DeepSpeed shards to a local temp dir (the only training stall), then
    uploads them in a background thread while training continues;
 2. each step the ranks agree (one tiny all-reduce) whether every upload has finished;
-3. then rank 0 checks the fence, writes `trainer_state.json`, and writes `COMMITTED` last.
+3. then rank 0 checks the fence, writes `trainer_state.json`, then `MANIFEST.json` (every file
+   of the checkpoint with its size and SHA-256, hashed by the rank that wrote it before upload),
+   and writes `COMMITTED` last (it names the manifest's SHA-256).
 
 A checkpoint without `COMMITTED` is never resumed from (it is ignored with a log line), so a
-crash at any point leaves the previous committed checkpoint as the resume point. Retention
-(`keepLast`) deletes a checkpoint's marker before its files and never touches the newest
-committed one.
+crash at any point leaves the previous committed checkpoint as the resume point. A committed
+checkpoint is verified against its manifest before it is used (see resume.py): a damaged one is
+skipped with a warning and moved aside under `_damaged/`, and the run resumes from the newest good
+one. Retention (`keepLast`) deletes a checkpoint's marker before its files, never touches the
+newest committed one, and never looks below `_damaged/`.
 
 Fencing: `_status/fence.json` names the newest attempt. An attempt refuses to start below it,
 and never commits a checkpoint (or writes progress) once a newer attempt has taken over.
@@ -20,8 +24,10 @@ picked up.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -42,7 +48,9 @@ log = logging.getLogger(__name__)
 COMMITTED = "COMMITTED"
 STATE_FILE = "trainer_state.json"
 SHARED_STATE = "shared_state.pt"
+MANIFEST = "MANIFEST.json"
 TAG = "ckpt"
+DAMAGED_DIR = "_damaged"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
@@ -50,6 +58,22 @@ class FencedOut(RuntimeError):
     """A newer attempt owns the run directory; this attempt must stop without writing."""
 
     reason = Reason.FencedOut
+
+
+class CheckpointDamaged(RuntimeError):
+    """A committed checkpoint that does not verify (a file missing, cut short, or not what was written)."""
+
+    reason = Reason.CheckpointDamaged
+
+    def __init__(self, message: str, step: int = 0, file: str = "") -> None:
+        super().__init__(message)
+        self.step, self.file = step, file
+
+
+class CheckpointUnloadable(RuntimeError):
+    """A checkpoint that passed verification but that DeepSpeed cannot load (a version or model change)."""
+
+    reason = Reason.CheckpointUnloadable
 
 
 class IdentityMismatch(RuntimeError):
@@ -65,6 +89,13 @@ class Committed:
     step: int
     location: Location
     state: dict[str, Any]
+    files: dict[str, dict[str, Any]] | None = None
+    """Its manifest: relative name -> {size, sha256} (None for checkpoints written before manifests)."""
+
+    @property
+    def world(self) -> int:
+        """How many training processes wrote it."""
+        return int(self.state.get("world", 1))
 
     def ref(self) -> CheckpointRef:
         return CheckpointRef(
@@ -73,6 +104,28 @@ class Committed:
             time=self.state.get("committedAt"),
             attempt=int(self.state.get("attempt", 0)),
         )
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    # hashlib.file_digest needs Python 3.11; this is the same loop.
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def digest_dir(local: Path) -> dict[str, dict[str, Any]]:
+    """{relative name: {size, sha256}} of every file below `local` (what one rank uploads)."""
+    return {
+        path.relative_to(local).as_posix(): {"size": path.stat().st_size, "sha256": sha256_file(path)}
+        for path in sorted(local.rglob("*"))
+        if path.is_file()
+    }
 
 
 @dataclass
@@ -84,6 +137,7 @@ class PendingUpload:
     seconds: float = 0.0
     bytes: int = 0
     save_seconds: float = 0.0
+    files: dict[str, dict[str, Any]] | None = None
 
 
 class CheckpointStore:
@@ -121,13 +175,73 @@ class CheckpointStore:
         return committed
 
     def latest_committed(self) -> Committed | None:
-        """The newest committed checkpoint, or None for a fresh run."""
-        steps = self.committed_steps()
-        if not steps:
-            return None
-        location = self.step_location(steps[-1])
-        state = json.loads(self.storage.read_text(location.join(STATE_FILE)))
-        return Committed(steps[-1], location, state)
+        """The newest committed checkpoint that verifies against its manifest, or None for a fresh run.
+
+        Damaged ones are skipped with a warning (training uses `resume.find_resume_point`, which also
+        checks every rank's shards and moves damaged checkpoints aside).
+        """
+        for step in reversed(self.committed_steps()):
+            try:
+                return self.verify(step)
+            except CheckpointDamaged as exc:
+                log.warning("%s; skipping it", exc)
+        return None
+
+    def listing(self, location: Location) -> dict[str, int]:
+        """{relative name: size} of every object below a checkpoint directory."""
+        return {o.location.key[len(location.key) :]: o.size for o in self.storage.list_objects(location)}
+
+    def verify(self, step: int) -> Committed:
+        """The committed checkpoint of `step`, checked against its manifest before anything is read as good.
+
+        Checks the marker, the manifest's checksum (named in the marker), that every file the manifest
+        lists is present with its size, and the trainer state's checksum. The shards' own checksums are
+        checked by each rank as it downloads them (resume.py). Raises `CheckpointDamaged` naming the file.
+        """
+        location = self.step_location(step)
+
+        def damaged(name: str, why: str) -> CheckpointDamaged:
+            return CheckpointDamaged(f"checkpoint {location} is damaged: {name} {why}", step=step, file=name)
+
+        try:
+            marker = json.loads(self.storage.read_text(location.join(COMMITTED)))
+            listing = self.listing(location)
+            raw_manifest = self.storage.read_bytes(location.join(MANIFEST)) if MANIFEST in listing else None
+            raw_state = self.storage.read_bytes(location.join(STATE_FILE)) if STATE_FILE in listing else None
+        except (ValueError, NotFound) as exc:
+            raise damaged(COMMITTED, f"cannot be read ({exc})") from None
+        expected = marker.get("manifestSha256") if isinstance(marker, dict) else None
+        files: dict[str, dict[str, Any]] | None = None
+        if raw_manifest is not None:
+            if expected and sha256_bytes(raw_manifest) != expected:
+                raise damaged(MANIFEST, "does not match the checksum recorded in COMMITTED")
+            try:
+                files = dict(json.loads(raw_manifest)["files"])
+            except (ValueError, KeyError, TypeError):
+                raise damaged(MANIFEST, "does not parse") from None
+            for name, entry in sorted(files.items()):
+                if name not in listing:
+                    raise damaged(name, "is missing")
+                if listing[name] != entry["size"]:
+                    raise damaged(name, f"is {listing[name]} bytes, the manifest records {entry['size']}")
+        elif expected:
+            raise damaged(MANIFEST, "is missing")
+        if raw_state is None:
+            raise damaged(STATE_FILE, "is missing")
+        if files is not None and sha256_bytes(raw_state) != files[STATE_FILE]["sha256"]:
+            raise damaged(STATE_FILE, "does not match its checksum in the manifest")
+        try:
+            state = json.loads(raw_state)
+        except ValueError as exc:
+            raise damaged(STATE_FILE, f"does not parse ({exc})") from None
+        checkpoint = Committed(step, location, state, files)
+        if files is None:
+            # Written before manifests: at least every rank's own files must be there.
+            for rank in range(checkpoint.world):
+                for name in (f"rank_state_{rank:05d}.pt", f"{TAG}/zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"):
+                    if name not in listing:
+                        raise damaged(name, "is missing")
+        return checkpoint
 
     # -- identity and fencing ---------------------------------------------------------------
 
@@ -201,6 +315,8 @@ class CheckpointStore:
         def upload() -> None:
             began = time.monotonic()
             try:
+                # Hashed here, in the background, from the very files that are uploaded: the manifest.
+                pending.files = digest_dir(local)
                 pending.bytes = self.storage.upload_dir(local, target)
             except BaseException as exc:
                 pending.error = exc
@@ -226,15 +342,30 @@ class CheckpointStore:
             raise pending.error
         return pending
 
-    def commit(self, step: int, state: dict[str, Any], attempt: int, keep_last: int) -> Committed:
-        """Rank 0, after every rank's upload finished: state file, then the COMMITTED marker, then retention."""
+    def commit(
+        self,
+        step: int,
+        state: dict[str, Any],
+        attempt: int,
+        keep_last: int,
+        files: dict[str, dict[str, Any]] | None = None,
+    ) -> Committed:
+        """Rank 0, after every rank's upload finished: state file, manifest, the COMMITTED marker, retention.
+
+        `files` are every rank's uploaded files with their sizes and SHA-256.
+        """
         self.check_fence(attempt)
         location = self.step_location(step)
         state = {**state, "step": step, "attempt": attempt, "committedAt": now(), "world": self.world}
-        self.storage.write_text(location.join(STATE_FILE), json.dumps(state, indent=2))
-        self.storage.write_text(location.join(COMMITTED), json.dumps({"step": step, "attempt": attempt}))
+        state_bytes = json.dumps(state, indent=2).encode()
+        self.storage.write_bytes(location.join(STATE_FILE), state_bytes)
+        files = {**(files or {}), STATE_FILE: {"size": len(state_bytes), "sha256": sha256_bytes(state_bytes)}}
+        manifest = json.dumps({"step": step, "world": self.world, "files": files}, indent=1, sort_keys=True).encode()
+        self.storage.write_bytes(location.join(MANIFEST), manifest)
+        marker = {"step": step, "attempt": attempt, "manifestSha256": sha256_bytes(manifest)}
+        self.storage.write_text(location.join(COMMITTED), json.dumps(marker))
         self.retain(keep_last, newest=step)
-        return Committed(step, location, state)
+        return Committed(step, location, state, files)
 
     def retain(self, keep_last: int, newest: int) -> list[int]:
         """Delete committed checkpoints beyond `keep_last` and stale uncommitted ones; never `newest`."""
@@ -249,32 +380,61 @@ class CheckpointStore:
             self.storage.delete_prefix(location)
         return sorted(set(doomed) - {newest})
 
+    def set_aside(self, step: int, why: str, attempt: int) -> Location:
+        """Move a damaged checkpoint out of the run, never deleting it: `_damaged/step-XXXXXXXX-<time>/`
+        with a note `DAMAGED.json` saying why. Retention never looks below `_damaged/`.
+
+        Locally one rename. On S3 the objects are copied (server side) before the originals go, the
+        COMMITTED marker first, so a crash half-way leaves an uncommitted directory, never a committed one.
+        """
+        source = self.step_location(step)
+        target = self.run.join(f"{DAMAGED_DIR}/step-{step:08d}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}/")
+        if source.is_s3:
+            for obj in self.storage.list_objects(source):
+                relative = obj.location.key[len(source.key) :]
+                self.storage.s3.copy(
+                    {"Bucket": obj.location.bucket, "Key": obj.location.key}, target.bucket, target.join(relative).key
+                )
+            self.storage.delete(source.join(COMMITTED))
+            self.storage.delete_prefix(source)
+        else:
+            target.path.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(source.path, target.path)
+        note = {"step": step, "from": str(source), "why": why, "attempt": attempt, "movedAt": now()}
+        self.storage.write_text(target.join("DAMAGED.json"), json.dumps(note, indent=2))
+        log.warning("moved damaged checkpoint %s to %s (kept for inspection): %s", source, target, why)
+        return target
+
     # -- load -----------------------------------------------------------------------------
 
-    def load(self, engine: Any, checkpoint: Committed) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Load this rank's shards of a committed checkpoint into the engine; returns (this rank's state,
-        the shared state)."""
-        import torch
-
-        written_by = int(checkpoint.state.get("world", self.world))
-        if written_by != self.world:
-            raise RuntimeError(
-                f"checkpoint {checkpoint.location} was written by {written_by} training processes; resuming it "
-                f"needs the same number (now {self.world}): set cluster.workers x gpusPerWorker accordingly"
-            )
-        local = Path(tempfile.mkdtemp(prefix=f"cpt-load-r{self.rank}-"))
+    def load(self, engine: Any, local: Path, tag: str = TAG, universal: bool = False) -> None:
+        """Load verified, downloaded shards into the engine (`universal`: a converted, resized checkpoint)."""
+        # Two slips of DeepSpeed's ZeRO-3 universal load (stage3.py,
+        # load_hp_checkpoint_state_from_checkpoint_dir_stage3), undone after it: it copies param group
+        # 0's hyperparameters onto every group (weight decay would reach the no-decay group; the groups'
+        # own settings are this engine's, so they are put back), and it gives every sub-group the same
+        # `step` tensor, which Adam then increments once per sub-group (each gets its own copy back).
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups]
+        if universal:
+            # DeepSpeed reads this flag at load time only: set for this load, then cleared, so the
+            # next save is an ordinary checkpoint of the new world size.
+            engine._config.load_universal_checkpoint = True
         try:
-            mine = re.compile(rf"zero_pp_rank_{self.rank}_|/mp_rank_00_model_states\.pt$|/latest$")
-            for obj in self.storage.list_objects(checkpoint.location):
-                relative = obj.location.key[len(checkpoint.location.key) :]
-                shared = "zero_pp_rank_" not in relative and relative.endswith(".pt") and "rank_state_" not in relative
-                if mine.search("/" + relative) or shared or relative == f"rank_state_{self.rank:05d}.pt":
-                    self.storage.download_file(obj.location, local / relative)
-            engine.load_checkpoint(str(local), tag=TAG, load_module_strict=True)
-            state_file = local / f"rank_state_{self.rank:05d}.pt"
-            shared_file = local / SHARED_STATE
-            rank_state = torch.load(state_file, weights_only=False) if state_file.exists() else {}
-            shared = torch.load(shared_file, weights_only=False, map_location="cpu") if shared_file.exists() else {}
-            return rank_state, shared
+            path, _ = engine.load_checkpoint(str(local), tag=tag, load_module_strict=True)
+            if universal:
+                for group, settings in zip(engine.optimizer.param_groups, groups, strict=True):
+                    group.update(settings)
+                inner = getattr(engine.optimizer, "optimizer", None)
+                for state in getattr(inner, "state", {}).values():
+                    if hasattr(state.get("step"), "clone"):
+                        state["step"] = state["step"].clone()
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CheckpointUnloadable(
+                f"the verified checkpoint in {local} could not be loaded by DeepSpeed ({type(exc).__name__}: {first})"
+            ) from exc
         finally:
-            shutil.rmtree(local, ignore_errors=True)
+            if universal:
+                engine._config.load_universal_checkpoint = False
+        if path is None:
+            raise CheckpointUnloadable(f"DeepSpeed found no checkpoint '{tag}' in {local}")

@@ -39,7 +39,9 @@ def prepare(file: Path, use_ray: bool, cpus: int | None) -> None:
             fail(str(exc))
     for source in report.sources:
         m = source.manifest
-        state = "cache hit" if source.cache_hit else f"tokenized {source.tokenized_documents} documents"
+        state = "cache hit (verified)" if source.cache_hit else f"tokenized {source.tokenized_documents} documents"
+        if source.rebuilt:
+            state += f" (the cached entry was damaged and was rebuilt: {source.rebuilt})"
         click.echo(
             f"{source.name}: {state}; {m.train.rows} rows x {m.sequence_length} tokens, "
             f"{m.holdout.documents} holdout documents, {m.skipped.malformed} malformed skipped -> {source.uri}"
@@ -53,14 +55,16 @@ def run(file: Path, cpus: int | None) -> None:
     """Run a CPTJob on this machine: embedded Ray, local paths or S3, live progress, final report.
 
     Running the same file again resumes from the newest committed checkpoint.
-    Exit status: 0 succeeded, 1 failed, 3 stopped (e.g. forgetting detected), 130 interrupted.
+    Exit status: 0 succeeded, 1 failed, 3 stopped (e.g. forgetting detected), 130 interrupted by
+    Ctrl-C (SIGINT), 143 interrupted by SIGTERM. On either signal the current step finishes and a
+    checkpoint is committed when checkpoint.interruptGraceSeconds allows; a second signal stops at once.
     """
     setup_logging(quiet_logging_level())
     job = load_local_job(file)
     with needs("run", "trainer"):
         from .commands import run_local
 
-        code = run_local(job, cpus)
+        code = run_local(job, cpus, str(file))
     sys.exit(code)
 
 

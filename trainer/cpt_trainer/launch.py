@@ -4,10 +4,18 @@
 RayJob entrypoint on a cluster, connecting to its Ray). It
 
 1. claims the run directory's fence for this attempt (an older attempt can no longer write),
-2. prepares the data (Ray Data, content-addressed cache: usually a no-op on a restart),
-3. starts a `TorchTrainer` whose `FailureConfig` restarts lost workers from the last committed
-   checkpoint, with a stable run name derived from the job identity,
+2. prepares the data (Ray Data, content-addressed cache: usually a verified no-op on a restart),
+3. runs a `TorchTrainer` (in a thread, so the driver's main thread keeps SIGINT/SIGTERM: see
+   interrupt.py) and classifies what the workers raised:
+   - permanent (bad spec, bad data, damaged cache or checkpoint that cannot be loaded, resume
+     mismatch, NaN, fenced out): reported once with its reason and message, never retried;
+   - transient (a lost worker or node, OOM-kill, network): the worker group is started again up
+     to `max_failures` times -- each time after re-verifying the data cache -- and resumes from the
+     last committed checkpoint. Ray Train's own FailureConfig retries every worker error alike,
+     so it is set to 0 and this loop decides;
 4. returns the final progress (the same file the operator reads).
+
+What a user reads is the error's own one-line message, never traceback lines.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,9 +34,72 @@ from cpt_core.api.v1alpha1 import CPTJob, CPTJobSpec
 from cpt_core.reasons import Reason
 from cpt_core.storage import S3Settings, Storage
 
+from .interrupt import DriverStop, clear_stop
 from .reporter import ProgressReporter
 
 log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """An attempt ended in failure; the message is the one line users see."""
+
+    def __init__(self, message: str, reason: Reason) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What the training processes raised, classified."""
+
+    reason: Reason
+    message: str
+    retry: bool
+
+
+def _permanent() -> list[tuple[type[BaseException], Reason]]:
+    """Errors no restart can fix, most specific first (imported lazily: the driver may lack torch)."""
+    from .checkpoint import CheckpointUnloadable, FencedOut, IdentityMismatch
+    from .data import DataError, SamplerStateMismatch
+    from .data.shards import CacheDamaged
+    from .engine import GeometryError
+    from .sources import ModelSourceError
+    from .step import NonFiniteLoss
+
+    return [
+        (CacheDamaged, Reason.CacheDamaged),
+        (DataError, Reason.DataError),
+        (ModelSourceError, Reason.ModelSourceError),
+        (SamplerStateMismatch, Reason.ResumeMismatch),
+        (IdentityMismatch, Reason.CheckpointOwnedByAnotherJob),
+        (GeometryError, Reason.InvalidSpec),
+        (CheckpointUnloadable, Reason.CheckpointUnloadable),
+        (NonFiniteLoss, Reason.NonFiniteLoss),
+        (FencedOut, Reason.FencedOut),  # not terminal for the operator, but this attempt cannot go on
+    ]
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an error's message (Ray wraps remote errors in tracebacks)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:1000]
+
+
+def classify(error: BaseException) -> Failure:
+    """Permanent or transient, with the one line a user reads (pure; unit-tested)."""
+    failures: dict[int, BaseException] = dict(getattr(error, "worker_failures", None) or {})
+    errors: list[tuple[int | None, BaseException]] = sorted(failures.items()) or [(None, error)]
+    for kind, reason in _permanent():
+        for _, failure in errors:
+            if isinstance(failure, kind):
+                return Failure(reason, one_line(failure), retry=False)
+    rank, first = errors[0]
+    where = f"rank {rank}: " if rank is not None else ""
+    return Failure(
+        Reason.TrainingFailed,
+        f"the training processes failed ({where}{type(first).__name__}: {one_line(first)})",
+        retry=True,
+    )
 
 
 @dataclass
@@ -41,6 +113,7 @@ class LaunchOptions:
     data_parallelism: int = 2
     cpu_threads: int | None = None  # torch threads per CPU worker (Ray would pin each to one)
     worker_env: dict[str, str] = field(default_factory=dict)  # extra environment for the training workers
+    log_level: str = "INFO"  # Ray Train's own console logs; `cpt run` silences them (worker tracebacks)
 
 
 def run_name(job: CPTJob) -> str:
@@ -67,6 +140,7 @@ def local_options(spec: CPTJobSpec, cpus: int) -> LaunchOptions:
         spec.run_policy.max_restarts,
         data_parallelism=cpus,
         cpu_threads=max(1, cpus // n),
+        log_level="DEBUG" if os.environ.get("CPT_DEBUG") else "CRITICAL",
     )
 
 
@@ -90,11 +164,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import torch
 
-    from .checkpoint import IdentityMismatch
-    from .data import DataError, SamplerStateMismatch
-    from .engine import GeometryError
+    from .checkpoint import FencedOut
     from .hooks import load_hooks
-    from .sources import ModelSourceError
     from .trainer import RunContext, Trainer
 
     os.environ.update(config.get("env") or {})
@@ -111,24 +182,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     spec = CPTJobSpec.model_validate_json(config["spec"])
     trainer = Trainer(spec, config["prepared"], S3Settings.from_spec(spec.storage), ctx, hooks=load_hooks())
-    permanent: dict[type[Exception], Reason] = {
-        ModelSourceError: Reason.ModelSourceError,
-        DataError: Reason.DataError,
-        SamplerStateMismatch: Reason.ResumeMismatch,
-        IdentityMismatch: Reason.CheckpointOwnedByAnotherJob,
-        GeometryError: Reason.InvalidSpec,
-    }
-    try:
-        trainer.setup()
-    except tuple(permanent) as exc:
-        # A restart cannot fix these: record the reason and end without Ray retrying the workers.
-        reason = next(r for t, r in permanent.items() if isinstance(exc, t))
-        log.error("%s: %s", reason.value, exc)
-        trainer.reporter.report("failed", reason=reason, message=str(exc), force=True)
-        return
+    # Errors propagate: the driver classifies them (permanent: reported once, never retried).
+    trainer.setup()
     outcome = trainer.fit()
     if outcome.state == "failed" and outcome.reason == Reason.FencedOut:
-        raise RuntimeError(outcome.message)
+        raise FencedOut(outcome.message or "fenced out")
 
 
 def run_job(
@@ -137,8 +195,13 @@ def run_job(
     attempt: int,
     on_prepared: Callable[[], None] | None = None,
     storage_path: str | None = None,
+    stop: DriverStop | None = None,
 ) -> Progress | None:
-    """Prepare and train one attempt of `job` on the connected Ray cluster; returns the final progress."""
+    """Prepare and train one attempt of `job` on the connected Ray cluster; returns the final progress.
+
+    Raises `TrainingError` (after reporting it) when the attempt failed; KeyboardInterrupt when it
+    was abandoned on a signal (`stop`: the driver's SIGINT/SIGTERM handler).
+    """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -151,6 +214,7 @@ def run_job(
     storage = Storage(settings)
     store = CheckpointStore(storage, spec.checkpoint.uri)
     store.claim(job.metadata.name, job.metadata.uid, attempt)
+    clear_stop(storage, spec.checkpoint.uri)
     reporter = ProgressReporter(
         storage,
         spec.checkpoint.uri,
@@ -160,54 +224,94 @@ def run_job(
         fence=lambda: store.check_fence(attempt),
     )
     reporter.report("preparing", message="tokenizing and packing data", force=True)
-    try:
-        report = prepare(spec, storage, use_ray=True, parallelism=options.data_parallelism)
-    except (DataError, ModelSourceError) as exc:
-        reason = Reason.DataError if isinstance(exc, DataError) else Reason.ModelSourceError
-        reporter.report("failed", reason=reason, message=str(exc), force=True)
-        raise
+
+    def prepare_data() -> Any:
+        try:
+            return prepare(spec, storage, use_ray=True, parallelism=options.data_parallelism)
+        except (DataError, ModelSourceError) as exc:
+            reason = Reason.DataError if isinstance(exc, DataError) else Reason.ModelSourceError
+            reporter.report("failed", reason=reason, message=str(exc), force=True)
+            raise TrainingError(str(exc), reason) from None
+
+    report = prepare_data()
     if on_prepared:
         on_prepared()
     if storage_path is None:
         storage_path = os.path.join(tempfile.gettempdir(), "cpt-ray-results")
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "spec": spec.model_dump_json(by_alias=True),
-            "prepared": report.sources,
-            "attempt": attempt,
-            "job": job.metadata.name,
-            "uid": job.metadata.uid,
-            "cpu_threads": options.cpu_threads,
-            "env": options.worker_env,
-        },
-        torch_config=TorchConfig(backend="nccl" if options.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=options.num_workers,
-            use_gpu=options.use_gpu,
-            resources_per_worker=options.resources_per_worker,
-        ),
-        run_config=ray.train.RunConfig(
-            name=f"{run_name(job)}-a{attempt}",
-            storage_path=storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=options.max_failures),
-        ),
-    )
 
     def final() -> Progress | None:
         return read_progress(storage, spec.checkpoint.uri, job=job.metadata.name, uid=job.metadata.uid, attempt=attempt)
 
-    try:
-        trainer.fit()
-    except Exception as exc:
+    failures = 0
+    while True:
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={
+                "spec": spec.model_dump_json(by_alias=True),
+                "prepared": report.sources,
+                "attempt": attempt,
+                "job": job.metadata.name,
+                "uid": job.metadata.uid,
+                "cpu_threads": options.cpu_threads,
+                "env": options.worker_env,
+            },
+            torch_config=TorchConfig(backend="nccl" if options.use_gpu else "gloo"),
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=options.num_workers,
+                use_gpu=options.use_gpu,
+                resources_per_worker=options.resources_per_worker,
+            ),
+            run_config=ray.train.RunConfig(
+                name=f"{run_name(job)}-a{attempt}" + (f"-r{failures}" if failures else ""),
+                storage_path=storage_path,
+                failure_config=ray.train.FailureConfig(max_failures=0),  # this loop decides (see the module doc)
+                # Train V2's RunConfig (the stubs still describe V1's, which lacks it).
+                logging_config=ray.train.LoggingConfig(log_level=options.log_level),  # type: ignore[call-arg]
+            ),
+        )
+        error = _fit(trainer, stop)
+        if error is None or (stop is not None and stop.signal_name):
+            return final()
+        failure = classify(error)
+        if failure.retry and failures < options.max_failures:
+            failures += 1
+            log.warning(
+                "%s; retry %d of %d resumes from the last committed checkpoint",
+                failure.message,
+                failures,
+                options.max_failures,
+            )
+            report = prepare_data()  # verified again: a cache entry damaged meanwhile is rebuilt
+            continue
+        if failure.retry:
+            failure = Failure(failure.reason, f"{failure.message}; gave up after {failures} retries", retry=False)
         ended = final()
-        if ended is None or ended.state in ("running", "preparing"):
-            reporter.report("failed", reason=Reason.TrainingFailed, message=_root_cause(exc), force=True)
-        raise
-    return final()
+        if failure.reason != Reason.FencedOut and (ended is None or ended.state in ("running", "preparing")):
+            reporter.refresh()
+            reporter.report("failed", reason=failure.reason, message=failure.message, force=True)
+        raise TrainingError(failure.message, failure.reason)
 
 
-def _root_cause(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    tail = [line for line in text if line.strip()][-3:]
-    return " ".join(tail)[:2000] if tail else type(exc).__name__
+def _fit(trainer: Any, stop: DriverStop | None) -> BaseException | None:
+    """`trainer.fit()` in a thread; the main thread waits, handling signals. Returns what fit raised."""
+    result: dict[str, BaseException] = {}
+
+    def target() -> None:
+        try:
+            trainer.fit()
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, name="cpt-fit", daemon=True)
+    if stop is not None:
+        stop.training = True
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+            if stop is not None and stop.overdue():
+                raise KeyboardInterrupt(f"the trainers did not stop within {stop.grace:.0f} s")
+    finally:
+        if stop is not None:
+            stop.training = False
+    return result.get("error")

@@ -47,6 +47,14 @@ class ProgressReporter:
                 carried = previous.model_dump(exclude={"reason", "message", "output"})
                 self.current = Progress.model_validate({**carried, **identity})
 
+    def refresh(self) -> None:
+        """Take what this attempt's trainer wrote since (steps, checkpoint, ...) before the driver writes."""
+        if not self.enabled:
+            return
+        latest = _previous(self.storage, self.run_uri, self.current.job, self.current.uid)
+        if latest is not None and latest.attempt == self.current.attempt:
+            self.current = latest
+
     def report(
         self,
         state: State,

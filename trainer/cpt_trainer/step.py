@@ -4,7 +4,8 @@ host synchronisation per step, not one per micro-batch.
 The micro-batch losses are summed on the device. Before the last micro-batch's `engine.step()`
 (the accumulation boundary, where DeepSpeed applies the update) the ranks agree whether the sum
 is finite; if not, the update is never applied -- the weights in memory stay finite and nothing
-is saved -- and `NonFiniteLoss` ends the run.
+is saved -- and `NonFiniteLoss` ends the run. The same reduction carries the stop request of an
+interrupted run (interrupt.py), so every rank learns it after the same step at no extra cost.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from .hooks import TrainerHooks
 
 if TYPE_CHECKING:
     from .trainer import Trainer
+
+
+STOP_SIGNALS = ("SIGINT", "SIGTERM")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -63,6 +67,8 @@ class TrainStep:
         self.accumulation = accumulation
         self.hooks = list(hooks)
         self.regularizer = regularizer
+        self.stop_requested: str | None = None
+        """Set after a step in which some rank was asked to stop: the signal's name."""
 
     def __call__(self, batches: Iterator[MicroBatch], step: int, lr: float) -> float:
         """Optimizer step `step` (1-based) at learning rate `lr`; returns the mean loss over all ranks."""
@@ -82,10 +88,14 @@ class TrainStep:
             self.engine.backward(loss + self.regularizer() if self.regularizer is not None else loss)
             if micro < self.accumulation - 1:
                 self.engine.step()  # not a boundary: DeepSpeed only accumulates
-        # One synchronisation per step: the summed loss and whether any rank saw a non-finite one.
-        summary = torch.stack([total, (~torch.isfinite(total)).float()]).double()
+        # One synchronisation per step: the summed loss, whether any rank saw a non-finite one, and
+        # whether any rank was asked to stop (by SIGINT or by SIGTERM).
+        requested = self.trainer.stop_signal.requested
+        flags = [float(requested == name) for name in STOP_SIGNALS]
+        summary = torch.cat([torch.stack([total, (~torch.isfinite(total)).float()]), total.new_tensor(flags)]).double()
         self.ctx.all_sum(summary)
-        loss_sum, non_finite = summary.tolist()
+        loss_sum, non_finite, *stops = summary.tolist()
+        self.stop_requested = next((name for name, n in zip(STOP_SIGNALS, stops, strict=True) if n), None)
         if non_finite:
             raise NonFiniteLoss(
                 f"the training loss became NaN/inf at step {step}; nothing was saved, the last committed "

@@ -37,10 +37,12 @@ from .engine import batch_geometry, create_engine, deepspeed_config, prepare_dee
 from .evaluator import Evaluator
 from .export import export_model
 from .hooks import TrainerHooks
+from .interrupt import Interrupted, StopSignal
 from .model import build_model, check_tokenizer_matches, param_groups, training_dtype
 from .plan import Stage, StageLog, plan
 from .regularization import Regularizer
 from .reporter import ProgressReporter
+from .resume import find_resume_point
 from .sources import load_tokenizer
 from .step import NonFiniteLoss, TrainStep, reset_optimizer, set_weight_decay
 from .tracking import Tracker
@@ -55,7 +57,7 @@ __all__ = ["NonFiniteLoss", "Outcome", "RunContext", "Trainer"]
 class Outcome:
     """How the run ended (the same on every rank)."""
 
-    state: str  # succeeded | stopped | failed
+    state: str  # succeeded | stopped | failed | interrupted
     step: int
     reason: Reason | None = None
     message: str | None = None
@@ -83,6 +85,7 @@ class Trainer:
         self.total_steps = self.stages[-1].end
         self.rows, self.accumulation = batch_geometry(self.spec, ctx.world)
         self.state = TrainState()
+        self.stop_signal = StopSignal()  # SIGINT/SIGTERM, via the driver's stop request (interrupt.py)
         self.store = CheckpointStore(self.storage, self.spec.checkpoint.uri, ctx.rank, ctx.world)
         self.reporter = ProgressReporter(
             self.storage,
@@ -115,7 +118,8 @@ class Trainer:
         if ctx.leader:
             self.store.claim(ctx.job, ctx.uid, ctx.attempt)
         ctx.barrier()
-        resume = self.store.latest_committed()
+        # The newest checkpoint every rank verified (damaged ones are skipped and moved aside).
+        resume, skipped = find_resume_point(self.store, ctx)
         dtype = training_dtype(spec.model, ctx.device)
         # Init-from and resume are separate paths: a resumed run reads no starting weights.
         model, _ = build_model(
@@ -149,6 +153,7 @@ class Trainer:
             rank_parts={"rng": RNGState()},
             shared_parts=shared,
         )
+        self.checkpointer.skipped = skipped
         if resume is not None:
             self.checkpointer.restore(self.engine, resume)
         self.data.enter(self.stage_at(self.state.step), self.state.step)
@@ -174,6 +179,8 @@ class Trainer:
 
     def fit(self) -> Outcome:
         """Train every remaining stage (or until the forgetting watch stops it), then export."""
+        if self.ctx.leader:
+            self.stop_signal.watch(self.storage, self.spec.checkpoint.uri, self.ctx.attempt)
         try:
             if self.state.step == 0:
                 self.evaluate()  # the baseline every later evaluation is compared with
@@ -189,6 +196,10 @@ class Trainer:
         except FencedOut as exc:
             log.error("%s", exc)
             return Outcome("failed", self.state.step, Reason.FencedOut, str(exc), losses=self.state.losses)
+        except Interrupted as exc:
+            return self.interrupted(exc.signal_name)
+        finally:
+            self.stop_signal.close()
 
     def train_stage(self, stage: Stage) -> bool:
         """Train `stage` from the current step to its end; True when the forgetting watch stopped it."""
@@ -218,6 +229,8 @@ class Trainer:
             self.report(force=stage_done)
             for hook in self.hooks:
                 hook.after_step(self)
+            if self.train_step.stop_requested:
+                raise Interrupted(self.train_step.stop_requested)
             if stop:
                 return True
         return False
@@ -348,6 +361,22 @@ class Trainer:
         self.tracker.close()
         return Outcome("stopped", self.state.step, Reason.ForgettingDetected, message, losses=self.state.losses)
 
+    def interrupted(self, signal_name: str) -> Outcome:
+        """SIGINT/SIGTERM: commit this step when the grace period allows, record `interrupted`, end cleanly."""
+        step = self.state.step
+        if self.checkpointer.fits_in(self.spec.checkpoint.interrupt_grace_seconds):
+            self.checkpointer.save(self.engine, step)
+        self.checkpointer.finish()
+        message = f"interrupted by {signal_name} after step {step}; the next run resumes from " + (
+            f"the checkpoint of {self.checkpointer.describe()} ({self.checkpointer.committed.location})"
+            if self.checkpointer.committed
+            else "the start (no checkpoint was committed yet)"
+        )
+        log.warning("%s", message)
+        self.report("interrupted", reason=Reason.Interrupted, message=message, force=True)
+        self.tracker.close()
+        return Outcome("interrupted", step, Reason.Interrupted, message, losses=self.state.losses)
+
     def fail(self, reason: Reason, message: str) -> Outcome:
         """Record a failure no restart can fix (rank 0 writes it; the operator ends the job)."""
         log.error("%s: %s", reason.value, message)
@@ -388,7 +417,6 @@ class Trainer:
             replay_share=self.data.replay_share,
             mixture_changes=self.data.mixture_changes(),
         )
-        committed = self.checkpointer.committed
         self.reporter.report(
             state,
             reason=reason,
@@ -397,7 +425,7 @@ class Trainer:
             progress=progress,
             data=data,
             evaluation=self.evaluator.status(),
-            checkpoint=committed.ref() if committed else None,
+            checkpoint=self.checkpointer.ref(),
             output=output,
             stage=self.stage_at(min(self.state.step, self.total_steps - 1)).name,
             stages=self.stage_log.status(self.state.step),

@@ -32,7 +32,7 @@ SCHEMA_VERSION = 2
 
 log = logging.getLogger(__name__)
 
-State = Literal["preparing", "running", "succeeded", "failed", "stopped"]
+State = Literal["preparing", "running", "succeeded", "failed", "stopped", "interrupted"]
 
 
 class _Wire(BaseModel):
@@ -160,8 +160,21 @@ class EvaluationStatus(_Wire):
         return _finite(value)
 
 
+class SkippedCheckpoint(_Wire):
+    """A committed checkpoint that failed verification or loading and was not resumed from."""
+
+    step: int = Field(ge=0)
+    """Step it held."""
+    uri: str
+    """Where it was."""
+    reason: str
+    """What is wrong with it (names the file)."""
+    kept_at: str | None = None
+    """Where it was moved for inspection (below `<checkpoint.uri>/_damaged/`; never deleted)."""
+
+
 class CheckpointRef(_Wire):
-    """A committed checkpoint (`status.checkpoint`: the newest one)."""
+    """A committed checkpoint (`status.checkpoint`: the newest one), and how this attempt resumed."""
 
     step: int = Field(ge=0)
     """Step it holds."""
@@ -171,6 +184,10 @@ class CheckpointRef(_Wire):
     """When it was committed (RFC 3339)."""
     attempt: int | None = Field(default=None, ge=0)
     """The attempt that wrote it."""
+    resumed_from: int | None = Field(default=None, ge=0)
+    """Step of the checkpoint this attempt resumed from (unset: this attempt started fresh)."""
+    skipped: list[SkippedCheckpoint] = Field(default_factory=list)
+    """Newer committed checkpoints this attempt could not use (damaged), newest first."""
 
 
 class SourceProgress(_Wire):
@@ -256,7 +273,8 @@ class Progress(_Wire):
     attempt: int = Field(ge=0)
     """Attempt that wrote this file."""
     state: State
-    """preparing (tokenizing data), running, succeeded, failed or stopped (ended early on purpose)."""
+    """preparing (tokenizing data), running, succeeded, failed, stopped (ended early on purpose) or
+    interrupted (SIGINT/SIGTERM: ended cleanly; running the job again resumes)."""
     reason: str | None = None
     """A `Reason` for failed/stopped, e.g. ForgettingDetected, NonFiniteLoss, DataError (docs/operations.md)."""
     message: str | None = None

@@ -382,6 +382,11 @@ class CheckpointSpec(_Model):
     """Save a checkpoint every this many steps (and always at the end)."""
     keep_last: int = Field(default=3, ge=1, le=1000)
     """Committed checkpoints to keep; older ones are deleted. The newest committed one is never deleted."""
+    interrupt_grace_seconds: int = Field(default=60, ge=0, le=3600)
+    """On SIGINT/SIGTERM (Ctrl-C, pod eviction, preemption) the trainer finishes its step and, when a
+    checkpoint of it can be committed within this many seconds (judged by this attempt's last save),
+    commits one before it exits; 0 never saves on an interruption. `cpt run` and `cpt train` wait this
+    long (plus 30 s) before abandoning the step. Keep it below the pods' terminationGracePeriodSeconds."""
     export: ExportSpec = Field(default_factory=ExportSpec)
     """Final model export."""
 

@@ -125,11 +125,11 @@ def _env(job: CPTJob) -> list[dict[str, Any]]:
                 ref["optional"] = True
             env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
     tracking = job.spec.tracking
-    optional = [
+    sinks = [
         (tracking.mlflow.credentials_secret if tracking.mlflow else None, TRACKING_KEYS["mlflow"]),
         (tracking.wandb.api_key_secret if tracking.wandb else None, TRACKING_KEYS["wandb"]),
     ]
-    for name, keys in optional:
+    for name, keys in sinks:
         for key in keys if name else ():
             ref = {"name": name, "key": key, "optional": True}
             env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})

@@ -30,6 +30,9 @@ UTC = dt.timezone.utc  # dt.UTC needs Python 3.11
 FINISHED_DEPLOYMENT = {"Complete"}
 FAILED_DEPLOYMENT = {"Failed", "ValidationFailed"}
 FAILED_JOB = {"FAILED", "STOPPED"}
+# Trainer states that end an attempt before success. `interrupted` (SIGINT/SIGTERM) carries the
+# non-terminal reason Interrupted, so it restarts like any other non-terminal failure.
+ENDED_EARLY = ("failed", "stopped", "interrupted")
 
 
 @dataclass(frozen=True)
@@ -274,12 +277,12 @@ def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None
             model = ours.output.model_uri if ours.output else None
             finish(Phase.Succeeded, Reason.Completed, f"trained {ours.progress.step} steps; model at {model}")
             return decision
-        if ours is not None and ours.state in ("stopped", "failed"):
+        if ours is not None and ours.state in ENDED_EARLY:
             failure = (ours.reason or Reason.TrainingFailed.value, ours.message or "")
         elif deployment in FINISHED_DEPLOYMENT:
             failure = (Reason.NoResult.value, "the RayJob completed but the trainer reported no final state")
     elif deployment in FAILED_DEPLOYMENT or job_status in FAILED_JOB:
-        if ours is not None and ours.state in ("failed", "stopped") and ours.reason:
+        if ours is not None and ours.state in ENDED_EARLY and ours.reason:
             failure = (ours.reason, ours.message or "")
         else:
             failure = (

@@ -3,6 +3,11 @@
 Every error names the source, the file and (for a line or row) its number. Malformed
 records are an error unless the source sets `skipMalformed`, in which case each one becomes
 a `Skip` that the pipeline counts and records in the manifest: nothing is dropped silently.
+
+A compressed file must end cleanly: gzip's own end-of-stream marker and CRC, zstd's frame end
+(and its content checksum when the frame has one). A file cut short or with damaged bytes is
+an error that names it -- never a shorter file, and never a "malformed last record" that
+`skipMalformed` would hide.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -96,14 +102,77 @@ class _Raw(io.RawIOBase):
         return len(data)
 
 
-def _decompress(stream: IO[bytes], key: str) -> IO[bytes]:
-    if key.endswith(".gz"):
-        return gzip.GzipFile(fileobj=stream)  # type: ignore[return-value]
-    if key.endswith(".zst"):
+class _ZstdFrames(io.RawIOBase):
+    """zstd decompression that notices a file cut short.
+
+    zstandard's `stream_reader` reports an incomplete last frame as a clean end of file (the tail
+    is lost without a word). Its `decompressobj` says whether a frame ended (`eof`) and verifies
+    the frame's content checksum when there is one, so it is used here, frame after frame; the
+    input is fed in small pieces to keep the decompressed output per call bounded.
+    """
+
+    CHUNK = 1 << 16
+
+    def __init__(self, stream: IO[bytes]) -> None:
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(stream)
+        self._stream = stream
+        self._context = zstandard.ZstdDecompressor()
+        self._frame: Any = None  # the decompressobj of the frame being read
+        self._consumed = 0
+        self._out = b""
+        self._pos = 0
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while self._pos >= len(self._out):
+            if self._done:
+                return 0
+            chunk = self._stream.read(self.CHUNK)
+            if not chunk:
+                self._done = True
+                if self._frame is not None:
+                    raise EOFError(
+                        f"the zstd stream ends inside a frame after {self._consumed} compressed bytes "
+                        "(the file is truncated)"
+                    )
+                return 0
+            self._consumed += len(chunk)
+            self._out, self._pos = self._feed(chunk), 0
+        n = min(len(buffer), len(self._out) - self._pos)
+        buffer[:n] = self._out[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def _feed(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            if self._frame is None:
+                self._frame = self._context.decompressobj()
+            out.append(self._frame.decompress(data))
+            if not self._frame.eof:
+                break
+            data, self._frame = self._frame.unused_data, None  # the next frame (concatenated files)
+        return b"".join(out)
+
+
+def _decompress(stream: IO[bytes], key: str) -> IO[bytes]:
+    if key.endswith(".gz"):
+        # GzipFile checks the end-of-stream marker (EOFError) and the CRC and length (BadGzipFile).
+        return gzip.GzipFile(fileobj=stream)  # type: ignore[return-value]
+    if key.endswith(".zst"):
+        return _ZstdFrames(stream)  # type: ignore[return-value]
     return stream
+
+
+def _damage_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions of the decompressors that mean the bytes are not what was compressed."""
+    import zstandard
+
+    return (zlib.error, zstandard.ZstdError, EOFError, gzip.BadGzipFile)
 
 
 def iter_documents(source: DataSource, obj: ObjectInfo, storage: Storage) -> Iterator[Document | Skip]:
@@ -131,7 +200,11 @@ def iter_documents(source: DataSource, obj: ObjectInfo, storage: Storage) -> Ite
         yield from _json_lines(source, uri, stream)
     except DataError:
         raise
-    except (OSError, EOFError, StorageError) as exc:
+    except _damage_errors() as exc:
+        raise DataError(
+            f"source '{name}': {uri} is damaged or truncated ({exc}). Replace the file (or remove it from the source)"
+        ) from None
+    except (OSError, StorageError) as exc:
         raise DataError(f"source '{name}': cannot read {uri}: {exc}") from None
     finally:
         raw.close()
@@ -155,6 +228,7 @@ def _json_lines(source: DataSource, uri: str, stream: IO[bytes]) -> Iterator[Doc
             continue
         try:
             record = json.loads(raw)
+            del raw  # a huge line is not kept twice while its document is tokenized
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             yield _malformed(source, uri, number, f"invalid JSON ({exc})")
             continue

@@ -1,7 +1,8 @@
 """The cache manifest: what one prepared source holds, written last into `<cacheUri>/<key>/`.
 
 Its presence marks a complete cache entry; it is validated before the entry is used (a
-manifest that does not parse as this model is a damaged entry and is rebuilt, never trusted).
+manifest that does not parse as this model is a damaged entry and is rebuilt, never trusted),
+and so is every shard it lists: names, sizes and checksums (see cache.py).
 """
 
 from __future__ import annotations
@@ -49,6 +50,17 @@ class Skipped(_Model):
     examples: list[SkipExample] = Field(default_factory=list)
 
 
+class FileDigest(_Model):
+    """One file of a cache entry as it was written."""
+
+    size: int = Field(ge=0)
+    """Bytes."""
+    sha256: str
+    """Hex SHA-256 of the content (computed before upload)."""
+    etag: str | None = None
+    """The object's ETag on S3 (the server's own checksum of what it stored); unset locally."""
+
+
 class Manifest(_Model):
     """`<cacheUri>/<key>/manifest.json`."""
 
@@ -75,3 +87,6 @@ class Manifest(_Model):
     holdout: Split
     skipped: Skipped = Field(default_factory=Skipped)
     created_at: str
+    checksums: dict[str, FileDigest] | None = None
+    """Every shard file of the entry with its size and checksum, verified before the entry is used
+    (unset in entries written before checksums were recorded: those are rebuilt)."""

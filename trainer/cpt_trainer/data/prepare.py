@@ -5,8 +5,10 @@ Per source:
 1. list the source's files (paths, sizes, ETags/mtimes) and derive the cache key from them,
    the tokenizer's content hash, the sequence length, the format options, the holdout size
    and the seed;
-2. if `<cacheUri>/<key>/manifest.json` exists: done, no work at all (the manifest is written
-   last, so a crashed prepare is never mistaken for a finished one);
+2. if `<cacheUri>/<key>/manifest.json` exists and the entry verifies against it (every shard
+   present with its recorded size and checksum, see cache.py): done, no tokenization (the
+   manifest is written last, so a crashed prepare is never mistaken for a finished one; a
+   damaged entry is rebuilt with a warning);
 3. otherwise tokenize every file -- in this process, or with **Ray Data** across the Ray
    cluster (one task per file, results in file order);
 4. pick `holdoutDocuments` documents with the smallest seeded hashes (an exact, seeded,
@@ -31,8 +33,9 @@ from typing import Any
 import numpy as np
 from cpt_core.api.progress import SourceProgress
 from cpt_core.api.v1alpha1 import CPTJobSpec, DataSource, SourceFormat
-from cpt_core.storage import Location, NotFound, ObjectInfo, Storage, parse_uri
+from cpt_core.storage import ObjectInfo, Storage, parse_uri
 
+from .cache import cached_manifest, digest_files, record_etags
 from .documents import DataError, iter_documents, list_source_files
 from .manifest import Manifest, SkipExample, Skipped, Split
 from .shards import RowPacker, ShardLayout, ShardReader, ShardWriter
@@ -55,6 +58,8 @@ class PreparedSource:
     uri: str
     manifest: Manifest
     cache_hit: bool = False
+    rebuilt: str | None = None
+    """Why a cache entry that existed was rebuilt instead of used (it failed verification)."""
     tokenized_documents: int = 0
     seconds: float = 0.0
 
@@ -236,10 +241,13 @@ def prepare_source(
     key = cache_key(source, files, tokenizer_fingerprint, seq_len, holdout, spec.training.seed)
     base = parse_uri(spec.cache_uri).as_prefix().join(key + "/")
     manifest_location = base.join("manifest.json")
-    cached = _cached_manifest(storage, manifest_location, key)
+    cached, damage = cached_manifest(storage, base, key)
     if cached is not None:
-        log.info("source '%s': cache hit %s (%d rows)", source.name, base, cached.train.rows)
+        log.info("source '%s': cache hit %s (%d rows, verified)", source.name, base, cached.train.rows)
         return PreparedSource(source.name, source.role.value, source.weight or 0, str(base), cached, cache_hit=True)
+    if damage is not None:
+        log.warning("source '%s': cache entry %s is damaged (%s): rebuilding it", source.name, base, damage)
+        storage.delete(manifest_location)  # first: nobody takes the entry for complete while it is rebuilt
 
     if progress:
         progress(f"tokenizing source '{source.name}' ({len(files)} files)")
@@ -322,9 +330,11 @@ def prepare_source(
                 ],
             ),
             created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            checksums=digest_files(local),
         )
         if base.is_s3:
             storage.upload_dir(local, base)
+            manifest.checksums = record_etags(storage, base, manifest.checksums or {})
         # Written last: its presence is what marks the entry complete.
         storage.write_text(manifest_location, manifest.to_json())
     seconds = time.monotonic() - started
@@ -342,24 +352,10 @@ def prepare_source(
         source.weight or 0,
         str(base),
         manifest,
+        rebuilt=damage,
         tokenized_documents=documents,
         seconds=seconds,
     )
-
-
-def _cached_manifest(storage: Storage, location: Location, key: str) -> Manifest | None:
-    """The manifest of a complete cache entry, or None (absent, or damaged: then it is rebuilt)."""
-    try:
-        manifest = Manifest.model_validate_json(storage.read_text(location))
-    except NotFound:
-        return None
-    except ValueError as exc:
-        log.warning("damaged cache entry %s (%s): rebuilding it", location, str(exc).splitlines()[0])
-        return None
-    if manifest.key != key:
-        log.warning("cache entry %s names key %s, not %s: rebuilding it", location, manifest.key, key)
-        return None
-    return manifest
 
 
 def prepare(

@@ -23,9 +23,14 @@ from typing import Any
 import numpy as np
 from cpt_core.storage import Location, Storage
 
+from .documents import DataError
 from .tokenize import DOC_START, TRAIN
 
 SHARD_BYTES = 64 * 1024 * 1024
+
+
+class CacheDamaged(DataError):
+    """A cache entry changed after it was verified (a shard cut short or removed while training)."""
 
 
 def token_dtype(vocab_size: int) -> np.dtype[Any]:
@@ -117,10 +122,17 @@ class RowPacker:
             return
         starts, ends = offsets[:-1][select], offsets[1:][select]
         lengths = ends - starts
-        # Gather the selected documents' token ranges in one vectorised step.
-        index = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(lengths.sum())
-        doc_tokens = tokens[index]
-        flags = (train_mask[index].astype(np.uint8) * TRAIN).astype(np.uint8)
+        # Gather runs of adjacent selected documents as slices: a few copies (the holdout takes a few
+        # documents out of each file), and no per-token index array, which for one huge document
+        # cost twice the memory of its tokens.
+        chosen = np.flatnonzero(select)
+        breaks = np.flatnonzero(np.diff(chosen) != 1) + 1
+        runs = [
+            slice(int(offsets[first]), int(offsets[last + 1]))
+            for first, last in zip(chosen[np.r_[0, breaks]], chosen[np.r_[breaks - 1, len(chosen) - 1]], strict=True)
+        ]
+        doc_tokens = np.concatenate([tokens[run] for run in runs])
+        flags = np.concatenate([train_mask[run] for run in runs]).astype(np.uint8) * np.uint8(TRAIN)
         doc_first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         flags[doc_first] |= DOC_START
         # The first token of a document has no in-document context: it carries no label.
@@ -179,12 +191,24 @@ class ShardReader:
         size = self.layout.record_bytes
         location = self._location(shard)
         if location.is_s3:
-            response = self.storage.s3.get_object(
-                Bucket=location.bucket, Key=location.key, Range=f"bytes={offset * size}-{(offset + 1) * size - 1}"
-            )
+            try:
+                response = self.storage.s3.get_object(
+                    Bucket=location.bucket, Key=location.key, Range=f"bytes={offset * size}-{(offset + 1) * size - 1}"
+                )
+            except Exception as exc:
+                code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+                if code in ("InvalidRange", "NoSuchKey", "404"):
+                    raise CacheDamaged(
+                        f"cache entry {self.base} is damaged: {location} has no record {offset} ({code}); "
+                        "run again: the cache is verified and the entry rebuilt"
+                    ) from None
+                raise
             data: bytes = response["Body"].read()
             if len(data) != size:
-                raise ValueError(f"corrupted shard {location}: record {offset} is {len(data)} bytes, expected {size}")
+                raise CacheDamaged(
+                    f"cache entry {self.base} is damaged: {location} record {offset} is {len(data)} bytes, expected "
+                    f"{size}; run again: the cache is verified and the entry rebuilt"
+                )
             return data
         with self._lock:
             mapped = self._maps.get(shard)
@@ -193,9 +217,9 @@ class ShardReader:
                 expected_rows = min(self.layout.rows_per_shard, self.rows - shard * self.layout.rows_per_shard)
                 if not path.exists() or path.stat().st_size != expected_rows * size:
                     actual = path.stat().st_size if path.exists() else "missing"
-                    raise ValueError(
-                        f"corrupted shard {path}: size {actual}, expected {expected_rows * size} bytes; "
-                        "delete the cache entry to re-tokenize"
+                    raise CacheDamaged(
+                        f"cache entry {self.base} is damaged: {path} is {actual} bytes, expected "
+                        f"{expected_rows * size}; run again: the cache is verified and the entry rebuilt"
                     )
                 mapped = np.memmap(path, dtype=np.uint8, mode="r", shape=(expected_rows, size))
                 self._maps[shard] = mapped
