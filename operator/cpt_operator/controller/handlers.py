@@ -338,8 +338,11 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, metric
 
     async def handle(body: kopf.Body, **_: Any) -> None:
         meta = body["metadata"]
+        reconciler = holder.get("reconciler")
+        if reconciler is None:
+            return  # shutting down
         try:
-            await holder["reconciler"](meta["namespace"], meta["name"], meta["uid"])
+            await reconciler(meta["namespace"], meta["name"], meta["uid"])
         except Exception:
             metrics.reconcile_errors.inc()
             raise  # transient (API or network trouble): kopf retries it, and the timer comes back anyway
