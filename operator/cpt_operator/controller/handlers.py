@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 import logging
 import os
 import time
@@ -341,6 +342,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, metric
         reconciler = holder.get("reconciler")
         if reconciler is None:
             return  # shutting down
+        known = parse_status(json.loads(json.dumps(body.get("status") or {}, default=dict)))[0]
+        if is_final(known):  # final is final: kopf's copy suffices, no fresh read per poll of a finished job
+            metrics.set_phase(meta["namespace"], meta["name"], known.phase.value if known.phase else None)
+            return
         try:
             await reconciler(meta["namespace"], meta["name"], meta["uid"])
         except Exception:
