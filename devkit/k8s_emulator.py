@@ -16,7 +16,8 @@ and serves the object API itself:
 - the status subresource: writes to the main resource ignore `status`, writes to `/status`
   change only `status`; a create drops `status`;
 - deletion with finalizers (deletionTimestamp, removal when the last finalizer goes), uid and
-  resourceVersion preconditions (409), and garbage collection of dependents by ownerReferences (the kube-controller-manager's job);
+  resourceVersion preconditions (409), and garbage collection of dependents by ownerReferences
+  (the kube-controller-manager's job);
 - optional per-resource validators (the CRD schemas and CEL rules) answering 422 Invalid.
 
 `EmulatorThread` runs it on a background event loop for synchronous tests.
@@ -31,6 +32,7 @@ import contextlib
 import copy
 import datetime
 import json
+import random
 import threading
 import uuid
 from collections.abc import Callable
@@ -167,7 +169,11 @@ class FaithfulKubernetes(kmock.KubernetesEmulator):
         else:
             namespace = None
         if not meta.get("name") and meta.get("generateName"):
-            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+            # As the API server: 5 characters of 27 (14 M names), retried on a collision (RetryGenerateName).
+            for _ in range(8):
+                meta["name"] = meta["generateName"] + "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5))
+                if (key, namespace, meta["name"]) not in self.store:
+                    break
         name = meta.get("name")
         if not name:
             raise kmock.KubernetesError(status=422, reason="Invalid", message="metadata.name: Required value")
