@@ -196,6 +196,7 @@ def soak(jobs: int, wave: int, hanging_share: float, work: Path) -> dict[str, An
             for name in names:
                 cluster.delete(CPTJOBS, NAMESPACE, name)
             wait_for(lambda: not cluster.list(CPTJOBS, NAMESPACE), 120, 0.5, f"{label}: deleted")
+            stages["deleted"] = time.perf_counter() - started
             time.sleep(1)
             wave_result = {
                 "label": label,

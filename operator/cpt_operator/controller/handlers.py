@@ -11,6 +11,7 @@ acts, writes the status, then posts the decision's events.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -309,6 +310,10 @@ async def _observe_progress(
     return found, None
 
 
+async def _until(flag: Any) -> None:
+    await flag.wait()  # kopf's async DaemonStopped: `await flag` itself raises
+
+
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, metrics: Metrics, login: Any = None) -> None:
     """Register the operator's handlers on `registry`."""
     resource = (api.GROUP, api.VERSION, api.PLURAL)
@@ -356,9 +361,23 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, metric
         kopf.on.create(*resource, registry=registry, backoff=settings.poll_seconds),
         kopf.on.resume(*resource, registry=registry, backoff=settings.poll_seconds),
         kopf.on.update(*resource, field="spec", registry=registry, backoff=settings.poll_seconds),
-        kopf.timer(*resource, interval=settings.poll_seconds, registry=registry),
     ):
         decorator(handle)
+
+    @kopf.timer(*resource, interval=settings.poll_seconds, registry=registry)
+    async def poll(body: kopf.Body, **kwargs: Any) -> None:
+        """`handle`, given up once the job is deleted or the operator stops: kopf lets a deleted object go
+        only after its timer returned, and a reconciliation waiting on a dead endpoint must not hold it."""
+        work = asyncio.ensure_future(handle(body))
+        halt = asyncio.ensure_future(_until(kwargs["stopped"]))
+        try:
+            await asyncio.wait({work, halt}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            halt.cancel()
+            if not work.done():
+                work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
 
     @kopf.on.event(*resource, registry=registry)
     def forget_deleted(type: str, body: kopf.Body, **_: Any) -> None:
