@@ -329,6 +329,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, metric
         settings.posting.level = logging.WARNING  # our own events only, not kopf's handler chatter
         settings.watching.server_timeout = 300
         settings.execution.max_workers = 20
+        # A deleted job's finalizer goes when its timer has returned; kopf checks that every
+        # `cancellation_polling` seconds (default 60) unless the timer exits "instantly".
+        settings.background.instant_exit_timeout = 0.2
+        settings.background.cancellation_polling = 1
 
     @kopf.on.login(registry=registry)
     def authenticate(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
