@@ -1,8 +1,9 @@
 """kopf handlers: observe, call the pure `state.reconcile`, carry out its actions. Nothing else.
 
-Every CPTJob is reconciled on create/resume/update and by a timer every `poll_seconds`; all of them
-go through one `Reconciler`, which runs one reconciliation per job at a time on a fresh read of the
-object. A reconciliation reads the current attempt's RayJob (only when this CPTJob owns it) and
+Every CPTJob is reconciled on create/resume/update (a kick: the reconciliation runs in a task of
+its own, so kopf's per-object worker, deletion included, never waits for it) and by a timer every
+`poll_seconds` (given up when the job is deleted); all of them go through one `Reconciler`, which
+runs one reconciliation per job at a time on a fresh read of the object. A reconciliation reads the current attempt's RayJob (only when this CPTJob owns it) and
 the trainer's progress file (only this incarnation's and attempt's), runs the storage preflight
 when an attempt is due (on the `StorageGate`: bounded, never on asyncio's default pool), decides,
 acts, writes the status, then posts the decision's events.
@@ -134,8 +135,8 @@ def parse_status(raw: Any) -> tuple[api.CPTJobStatus, list[str]]:
 class Reconciler:
     """One reconciliation per job at a time.
 
-    kopf runs the create/resume/update handlers and the timer of one object concurrently. Each
-    call takes the job's lock, then reads the object afresh (a queued call must not decide on a
+    kopf runs the create/resume/update handlers (kicks) and the timer of one object concurrently.
+    Each call takes the job's lock, then reads the object afresh (a queued call must not decide on a
     status an earlier call already changed), decides, acts and writes the status itself before it
     releases the lock. So every transition is decided once: one status write and one event."""
 
@@ -148,20 +149,49 @@ class Reconciler:
             deadline=settings.storage_deadline_seconds,
         )
         self._locks: dict[str, asyncio.Lock] = {}
+        self._queued: set[str] = set()
+        self._kicked: set[asyncio.Task[None]] = set()
 
     async def __call__(self, namespace: str, name: str, uid: str) -> None:
         lock = self._locks.setdefault(uid, asyncio.Lock())
         async with lock:
+            self._queued.discard(uid)  # from here on, a new kick queues another run: it may carry a newer spec
             body = await self.kube.get(*CPTJOBS, namespace, name)
             if body is None or body["metadata"].get("uid") != uid:
                 return  # deleted, or a new incarnation with its own lock
             await self.reconcile(body)
 
+    def kick(self, namespace: str, name: str, uid: str) -> None:
+        """Reconcile soon, in a task of our own. kopf's change handlers cannot be cancelled and hold the
+        object's worker (its deletion included) while they run; a kick returns at once. Kicks coalesce:
+        one queued run reads the newest object anyway."""
+        if uid in self._queued:
+            return
+        self._queued.add(uid)
+        task = asyncio.ensure_future(self._run_kicked(namespace, name, uid))
+        self._kicked.add(task)
+        task.add_done_callback(self._kicked.discard)
+
+    async def _run_kicked(self, namespace: str, name: str, uid: str) -> None:
+        try:
+            await self(namespace, name, uid)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the poll timer retries; a traceback helps nobody here
+            self.metrics.reconcile_errors.inc()
+            log.warning("%s/%s: reconciliation failed, retried at the next poll: %s", namespace, name, exc)
+        finally:
+            self._queued.discard(uid)
+
     def forget(self, uid: str) -> None:
         """The job is gone: drop its lock (the operator's memory stays flat as jobs come and go)."""
         self._locks.pop(uid, None)
+        self._queued.discard(uid)
 
     async def close(self) -> None:
+        for task in list(self._kicked):
+            task.cancel()
+        await asyncio.gather(*self._kicked, return_exceptions=True)
         await self.kube.close()
         self.gate.close()
 
@@ -346,27 +376,38 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, metric
         if "reconciler" in holder:
             await holder.pop("reconciler").close()
 
-    async def handle(body: kopf.Body, **_: Any) -> None:
+    def active(body: kopf.Body) -> Reconciler | None:
+        """The reconciler, unless the operator is stopping or the job is finished (final is final: kopf's
+        copy suffices, no fresh read per poll of a finished job)."""
         meta = body["metadata"]
         reconciler = holder.get("reconciler")
-        if reconciler is None:
-            return  # shutting down
         known = parse_status(json.loads(json.dumps(body.get("status") or {}, default=dict)))[0]
-        if is_final(known):  # final is final: kopf's copy suffices, no fresh read per poll of a finished job
+        if is_final(known):
             metrics.set_phase(meta["namespace"], meta["name"], known.phase.value if known.phase else None)
-            return
-        try:
-            await reconciler(meta["namespace"], meta["name"], meta["uid"])
-        except Exception:
-            metrics.reconcile_errors.inc()
-            raise  # transient (API or network trouble): kopf retries it, and the timer comes back anyway
+            return None
+        return reconciler
+
+    async def handle(body: kopf.Body, **_: Any) -> None:
+        reconciler = active(body)
+        if reconciler is not None:
+            meta = body["metadata"]
+            try:
+                await reconciler(meta["namespace"], meta["name"], meta["uid"])
+            except Exception:
+                metrics.reconcile_errors.inc()
+                raise  # transient (API or network trouble): the timer comes back at the next poll
+
+    async def kick(body: kopf.Body, **_: Any) -> None:
+        reconciler = active(body)
+        if reconciler is not None:
+            reconciler.kick(body["metadata"]["namespace"], body["metadata"]["name"], body["metadata"]["uid"])
 
     for decorator in (
-        kopf.on.create(*resource, registry=registry, backoff=settings.poll_seconds),
-        kopf.on.resume(*resource, registry=registry, backoff=settings.poll_seconds),
-        kopf.on.update(*resource, field="spec", registry=registry, backoff=settings.poll_seconds),
+        kopf.on.create(*resource, registry=registry),
+        kopf.on.resume(*resource, registry=registry),
+        kopf.on.update(*resource, field="spec", registry=registry),
     ):
-        decorator(handle)
+        decorator(kick)
 
     @kopf.timer(*resource, interval=settings.poll_seconds, registry=registry)
     async def poll(body: kopf.Body, **kwargs: Any) -> None:
