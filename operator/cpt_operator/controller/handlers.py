@@ -3,10 +3,12 @@
 Every CPTJob is reconciled on create/resume/update (a kick: the reconciliation runs in a task of
 its own, so kopf's per-object worker, deletion included, never waits for it) and by a timer every
 `poll_seconds` (given up when the job is deleted); all of them go through one `Reconciler`, which
-runs one reconciliation per job at a time on a fresh read of the object. A reconciliation reads the current attempt's RayJob (only when this CPTJob owns it) and
-the trainer's progress file (only this incarnation's and attempt's), runs the storage preflight
-when an attempt is due (on the `StorageGate`: bounded, never on asyncio's default pool), decides,
-acts, writes the status, then posts the decision's events.
+runs one reconciliation per job at a time on a fresh read of the object.
+
+A reconciliation reads the current attempt's RayJob (only when this CPTJob owns it) and the
+trainer's progress file (only this incarnation's and attempt's), runs the storage preflight when
+an attempt is due (on the `StorageGate`: bounded, never on asyncio's default pool), decides, acts,
+writes the status, then posts the decision's events.
 """
 
 from __future__ import annotations
