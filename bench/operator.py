@@ -11,8 +11,9 @@ Figures: create -> RayJob-created latency p50/p95 (20 jobs created one at a time
 Targets: p50 <= 0.5 s, 200 jobs <= 60 s, RSS <= 200 MB.
 
     python bench/operator.py [--jobs 200]
+    python bench/operator.py --soak [--soak-jobs 1000 --wave 100 --hanging-share 0.1]   (bench/operator_soak.py)
 
-Writes bench/results/operator.json.
+Writes bench/results/operator.json (operator-soak.json for the soak).
 """
 
 from __future__ import annotations
@@ -165,7 +166,22 @@ def measure(mode: str, cluster: Any, s3: Any, work: Path, jobs: int) -> dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--soak", action="store_true", help="run the soak instead (bench/operator_soak.py)")
+    parser.add_argument("--soak-jobs", type=int, default=1000, help="soak: jobs over all waves")
+    parser.add_argument("--wave", type=int, default=100, help="soak: jobs created (and deleted) at once")
+    parser.add_argument("--hanging-share", type=float, default=0.1, help="soak: share of jobs on a hanging endpoint")
     args = parser.parse_args()
+    if args.soak:
+        from operator_soak import report, soak
+
+        with tempfile.TemporaryDirectory(prefix="cpt-bench-soak-") as tmp:
+            results = soak(args.soak_jobs, args.wave, args.hanging_share, Path(tmp))
+        report(results)
+        out = ROOT / "bench" / "results" / "operator-soak.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+        print(f"\nwrote {out}")
+        return
     from devkit.cluster import start_cluster, upload_example_data
     from devkit.seaweed import SeaweedS3
 

@@ -15,8 +15,9 @@ and serves the object API itself:
   merge (treated as merge); PUT with resourceVersion preconditions (409 Conflict);
 - the status subresource: writes to the main resource ignore `status`, writes to `/status`
   change only `status`; a create drops `status`;
-- deletion with finalizers (deletionTimestamp, removal when the last finalizer goes) and
-  garbage collection of dependents by ownerReferences (the kube-controller-manager's job);
+- deletion with finalizers (deletionTimestamp, removal when the last finalizer goes), uid and
+  resourceVersion preconditions (409), and garbage collection of dependents by ownerReferences
+  (the kube-controller-manager's job);
 - optional per-resource validators (the CRD schemas and CEL rules) answering 422 Invalid.
 
 `EmulatorThread` runs it on a background event loop for synchronous tests.
@@ -31,6 +32,7 @@ import contextlib
 import copy
 import datetime
 import json
+import random
 import threading
 import uuid
 from collections.abc import Callable
@@ -167,7 +169,11 @@ class FaithfulKubernetes(kmock.KubernetesEmulator):
         else:
             namespace = None
         if not meta.get("name") and meta.get("generateName"):
-            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+            # As the API server: 5 characters of 27 (14 M names), retried on a collision (RetryGenerateName).
+            for _ in range(8):
+                meta["name"] = meta["generateName"] + "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5))
+                if (key, namespace, meta["name"]) not in self.store:
+                    break
         name = meta.get("name")
         if not name:
             raise kmock.KubernetesError(status=422, reason="Invalid", message="metadata.name: Required value")
@@ -249,10 +255,21 @@ class FaithfulKubernetes(kmock.KubernetesEmulator):
         await self._emit(key, "MODIFIED", new)
         return copy.deepcopy(new)
 
-    async def op_delete(self, key: Key, namespace: str | None, name: str) -> dict[str, Any]:
+    async def op_delete(
+        self, key: Key, namespace: str | None, name: str, preconditions: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         namespace = namespace if self._info(key).namespaced else None
         obj = self.op_get(key, namespace, name)
         meta = obj["metadata"]
+        for field in ("uid", "resourceVersion"):  # DeleteOptions.preconditions, as the API server checks them
+            wanted = (preconditions or {}).get(field)
+            if wanted and wanted != meta.get(field):
+                raise kmock.KubernetesError(
+                    status=409,
+                    reason="Conflict",
+                    message=f"Precondition failed: {field} in precondition: {wanted}, {field} in object meta: "
+                    f"{meta.get(field)}",
+                )
         if meta.get("finalizers"):
             if not meta.get("deletionTimestamp"):
                 meta["deletionTimestamp"] = _now()
@@ -322,7 +339,9 @@ class FaithfulKubernetes(kmock.KubernetesEmulator):
             if method in ("PATCH", "PUT") and request.name:
                 return aiohttp.web.json_response(await self._write(request, key, method))
             if method == "DELETE" and request.name:
-                return aiohttp.web.json_response(await self.op_delete(key, request.namespace, request.name))
+                options = request.data if isinstance(request.data, dict) else {}
+                deleted = await self.op_delete(key, request.namespace, request.name, options.get("preconditions"))
+                return aiohttp.web.json_response(deleted)
             raise kmock.KubernetesError(status=405, reason="MethodNotAllowed", message=f"{method} not supported")
         except kmock.KubernetesError as exc:
             return await self._render_error(exc)

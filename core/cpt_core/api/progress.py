@@ -20,7 +20,7 @@ import logging
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from ..storage import NotFound, Storage, parse_uri
@@ -321,6 +321,36 @@ class UnreadableProgress(ValueError):
     """The progress file exists but is not a progress file of this schema (damaged or foreign)."""
 
 
+def _one_line(exc: ValueError) -> str:
+    """A pydantic error as `progress.step: step 31 is beyond totalSteps 30; ...` (one line, no URLs)."""
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors(include_url=False)[:5]:
+            where = ".".join(str(p) for p in err["loc"]) or "file"
+            got = f" (got {err['input']!r})" if isinstance(err.get("input"), (int, float, str)) else ""
+            parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}{got}"[:300])
+        return "; ".join(parts)
+    return " ".join(str(exc).split())
+
+
+def load_progress(storage: Storage, run_uri: str) -> Progress | None:
+    """The progress file below a run directory, whoever wrote it (None when there is none).
+
+    Callers that act on it check `belongs_to` (or use `read_progress`). A file that cannot be
+    parsed, or carries impossible values, raises `UnreadableProgress`; storage failures raise
+    `StorageError`.
+    """
+    try:
+        text = storage.read_text(progress_location(run_uri))
+    except NotFound:
+        return None
+    try:
+        return Progress.model_validate_json(text)
+    except ValueError as exc:
+        where = progress_location(run_uri)
+        raise UnreadableProgress(f"{where}: not a valid progress file ({_one_line(exc)})") from None
+
+
 def read_progress(
     storage: Storage, run_uri: str, *, job: str, uid: str | None, attempt: int | None = None
 ) -> Progress | None:
@@ -330,14 +360,9 @@ def read_progress(
     of this job (a deleted and re-applied CPTJob has a new uid) or another attempt. A file that
     cannot be parsed raises `UnreadableProgress`; storage failures raise `StorageError`.
     """
-    try:
-        text = storage.read_text(progress_location(run_uri))
-    except NotFound:
+    progress = load_progress(storage, run_uri)
+    if progress is None:
         return None
-    try:
-        progress = Progress.model_validate_json(text)
-    except ValueError as exc:
-        raise UnreadableProgress(f"{progress_location(run_uri)}: not a valid progress file ({exc})") from None
     if not progress.belongs_to(job, uid, attempt):
         log.debug(
             "ignoring %s: written by job %s uid %s attempt %s, not by job %s uid %s attempt %s",

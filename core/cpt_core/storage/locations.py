@@ -103,7 +103,11 @@ class S3Settings:
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
     max_attempts: int = 8
+    """Attempts per S3 call (botocore's standard retry mode: the first try plus retries)."""
     connect_timeout: float = 10.0
+    """Seconds to establish a connection."""
+    read_timeout: float = 60.0
+    """Seconds to wait for a response once connected (the operator uses far less than the trainer)."""
 
     @classmethod
     def from_spec(cls, spec: StorageSpec | None, env: Mapping[str, str] | None = None) -> S3Settings:

@@ -53,14 +53,14 @@ class Storage:
                 s3={"addressing_style": s.addressing_style},
                 retries={"max_attempts": s.max_attempts, "mode": "standard"},
                 connect_timeout=s.connect_timeout,
-                read_timeout=60,
+                read_timeout=s.read_timeout,
                 max_pool_connections=max(10, self.max_workers),
             ),
         )
         return client
 
     def _translate(self, exc: Exception, loc: Location, action: str) -> StorageError:
-        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+        from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, NoCredentialsError
 
         where = f"{action} {loc}"
         endpoint = self.settings.endpoint or "AWS S3"
@@ -69,10 +69,13 @@ class Storage:
                 f"{where}: no S3 credentials; set spec.storage.credentialsSecret (cluster) or "
                 "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (cpt run)"
             )
-        if isinstance(exc, EndpointConnectionError) or type(exc).__name__ in (
-            "ConnectTimeoutError",
-            "ReadTimeoutError",
-        ):
+        if type(exc).__name__ in ("ConnectTimeoutError", "ReadTimeoutError"):
+            s = self.settings
+            return Unreachable(
+                f"{where}: S3 endpoint {endpoint} did not answer within {s.connect_timeout:g} s (connect) / "
+                f"{s.read_timeout:g} s (read), {s.max_attempts} attempt(s); check spec.storage.endpoint"
+            )
+        if isinstance(exc, (EndpointConnectionError, ConnectionClosedError)):
             return Unreachable(f"{where}: cannot reach S3 endpoint {endpoint} ({exc}); check spec.storage.endpoint")
         if isinstance(exc, ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -312,8 +315,15 @@ class Storage:
         loc = parse_uri(uri) if isinstance(uri, str) else uri
         if not loc.is_s3:
             return
-        with self._guard(loc, "reach bucket of"):
-            self.s3.head_bucket(Bucket=loc.bucket)
+        try:
+            with self._guard(loc, "reach bucket of"):
+                self.s3.head_bucket(Bucket=loc.bucket)
+        except NotFound:
+            # HeadBucket has no body, so a missing bucket is a bare 404 that reads like a missing object.
+            raise NotFound(
+                f"bucket '{loc.bucket}' does not exist at {self.settings.endpoint or 'AWS S3'}; create it or "
+                "fix the bucket name in the URI"
+            ) from None
 
 
 @functools.cache

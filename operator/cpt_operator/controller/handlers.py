@@ -1,13 +1,20 @@
 """kopf handlers: observe, call the pure `state.reconcile`, carry out its actions. Nothing else.
 
-Every CPTJob is reconciled on create/resume/update and by a timer every `poll_seconds`: the
-timer reads the current attempt's RayJob and the trainer's progress file (fenced to the
-current attempt), and runs the storage preflight when an attempt is due.
+Every CPTJob is reconciled on create/resume/update (a kick: the reconciliation runs in a task of
+its own, so kopf's per-object worker, deletion included, never waits for it) and by a timer every
+`poll_seconds` (given up when the job is deleted); all of them go through one `Reconciler`, which
+runs one reconciliation per job at a time on a fresh read of the object.
+
+A reconciliation reads the current attempt's RayJob (only when this CPTJob owns it) and the
+trainer's progress file (only this incarnation's and attempt's), runs the storage preflight when
+an attempt is due (on the `StorageGate`: bounded, never on asyncio's default pool), decides, acts,
+writes the status, then posts the decision's events.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -15,21 +22,37 @@ import json
 import logging
 import os
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 import kopf
 from cpt_core.api import v1alpha1 as api
-from cpt_core.api.progress import UnreadableProgress, read_progress
-from cpt_core.api.validation import validate
+from cpt_core.api.progress import Progress, UnreadableProgress, load_progress
+from cpt_core.api.validation import Report, validate
 from cpt_core.reasons import Reason
-from cpt_core.storage import S3Settings, Storage, StorageError
+from cpt_core.storage import S3Settings, Storage, StorageError, Unreachable
+from pydantic import ValidationError
 
-from .builders import build_configmap, build_rayjob
-from .kube import Kube
+from .builders import CREDENTIAL_KEYS, build_configmap, build_rayjob
+from .kube import ApiError, ForeignObject, Kube
 from .metrics import Metrics
 from .preflight import check_storage
+from .rejection import reject_spec
 from .settings import OperatorSettings
-from .state import CreateAttempt, DeleteRayJob, Observed, needs_preflight, preflight_backoff, reconcile
+from .state import (
+    CreateAttempt,
+    Decision,
+    DeleteRayJob,
+    Observed,
+    PreflightResult,
+    Problem,
+    is_final,
+    needs_preflight,
+    parse_time,
+    preflight_backoff,
+    reconcile,
+)
+from .storage_io import StorageGate
 
 log = logging.getLogger(__name__)
 
@@ -53,118 +76,280 @@ def _status_patch(old: dict[str, Any], new: dict[str, Any], top: bool = True) ->
 
 
 _STORAGE: dict[tuple[str, ...], Storage] = {}
+CPTJOBS = (api.GROUP, api.VERSION, api.PLURAL)
+RAYJOBS = ("ray.io", "v1", "rayjobs")
+_STATUS_FIELDS = {field.alias or key for key, field in api.CPTJobStatus.model_fields.items()}
 
 
-def storage_for(spec: api.StorageSpec, secret: dict[str, str] | None, endpoint: str | None = None) -> Storage:
+def storage_for(spec: api.StorageSpec, secret: Mapping[str, str | None] | None, settings: OperatorSettings) -> Storage:
     """A Storage per (endpoint, region, credentials): creating a boto3 client costs ~100 ms and ~10 MB,
-    so jobs that share a Secret share a client (boto3 clients are thread-safe)."""
-    env = dict(secret) if secret is not None else dict(os.environ)
-    settings = S3Settings.from_spec(spec, {**env, "AWS_REGION": spec.region})
-    if endpoint:
-        settings = dataclasses.replace(settings, endpoint=endpoint)
+    so jobs that share a Secret share a client (boto3 clients are thread-safe). The operator's clients
+    have short timeouts and few retries: a dead endpoint must cost seconds, not minutes."""
+    env = {k: v for k, v in secret.items() if v is not None} if secret is not None else dict(os.environ)
+    s3 = S3Settings.from_spec(spec, {**env, "AWS_REGION": spec.region})
+    s3 = dataclasses.replace(
+        s3,
+        endpoint=settings.s3_endpoint or s3.endpoint,
+        connect_timeout=settings.s3_connect_timeout_seconds,
+        read_timeout=settings.s3_read_timeout_seconds,
+        max_attempts=settings.s3_max_attempts,
+    )
     key = (
-        str(settings.endpoint),
-        settings.region,
-        settings.addressing_style,
-        str(settings.access_key_id),
-        hashlib.sha256(str(settings.secret_access_key).encode()).hexdigest(),
-        str(settings.session_token),
+        str(s3.endpoint),
+        s3.region,
+        s3.addressing_style,
+        str(s3.access_key_id),
+        hashlib.sha256(str(s3.secret_access_key).encode()).hexdigest(),
+        str(s3.session_token),
+        f"{s3.connect_timeout}/{s3.read_timeout}/{s3.max_attempts}",
     )
     storage = _STORAGE.get(key)
     if storage is None:
         if len(_STORAGE) > 64:
             _STORAGE.clear()
-        storage = _STORAGE[key] = Storage(settings)
+        storage = _STORAGE[key] = Storage(s3)
     return storage
 
 
-async def reconcile_job(
-    body: kopf.Body, patch: kopf.Patch, kube: Kube, settings: OperatorSettings, metrics: Metrics
-) -> None:
-    started = time.monotonic()
-    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    if body["metadata"].get("deletionTimestamp"):
-        return  # being deleted: children go with it (garbage collection); never create new ones
-    now = dt.datetime.now(dt.timezone.utc)
-    raw = json.loads(json.dumps(dict(body), default=dict))  # kopf's views -> plain JSON
-    document = {k: v for k, v in raw.items() if k in ("apiVersion", "kind", "metadata", "spec", "status")}
-    status_doc = dict(document.get("status") or {})
-    known = {field.alias or key for key, field in api.CPTJobStatus.model_fields.items()}
-    document["status"] = {k: v for k, v in status_doc.items() if k in known}
-    report = validate(document, server_checked=True)
-    if report.job is None:
-        # The CRD schema admits it but the models do not (e.g. a semantic rule): fail once, visibly.
-        message = "; ".join(str(e) for e in report.errors)
-        if status_doc.get("phase") != api.Phase.Failed.value:
-            kopf.event(body, type="Warning", reason=Reason.InvalidSpec.value, message=message)
-            patch.status.update({"phase": api.Phase.Failed.value, "message": f"invalid spec: {message}"})
-            metrics.set_phase(namespace, name, api.Phase.Failed.value)
-        return
-    job = report.job
-    job.metadata.namespace = namespace
-    status = job.status or api.CPTJobStatus()
-    if status.phase in (api.Phase.Succeeded, api.Phase.Failed):
-        metrics.set_phase(namespace, name, status.phase.value)
-        return
-
-    spec = job.spec
-    secret_name = spec.storage.credentials_secret
-    secret = await kube.secret_data(namespace, secret_name) if secret_name else None
-    rayjob = await kube.get("ray.io", "v1", "rayjobs", namespace, status.ray_job_name) if status.ray_job_name else None
-
-    storage = storage_for(spec.storage, secret if secret_name else None, settings.s3_endpoint)
-    progress = None
-    if status.attempt > 0 and (secret is not None or not secret_name):
+def parse_status(raw: Any) -> tuple[api.CPTJobStatus, list[str]]:
+    """The status as the models read it. A field the operator cannot parse (damaged by hand, or written by
+    another version) is reset and named in the returned list: never fatal, never an InvalidSpec."""
+    doc = {k: v for k, v in raw.items() if k in _STATUS_FIELDS} if isinstance(raw, dict) else {}
+    reset: list[str] = []
+    while True:
         try:
-            progress = await asyncio.to_thread(
-                read_progress,
-                storage,
-                spec.resolved().checkpoint.uri,
-                job=name,
-                uid=job.metadata.uid,
-                attempt=status.attempt,
-            )
-        except (StorageError, UnreadableProgress) as exc:
-            log.warning("%s/%s: cannot read progress: %s", namespace, name, exc)
+            status = api.CPTJobStatus.model_validate(doc)
+            break
+        except ValidationError as exc:
+            bad = {str(err["loc"][0]) for err in exc.errors() if err["loc"]} & set(doc)
+            if not bad:
+                status, reset = api.CPTJobStatus(), reset + list(doc)
+                break
+            for key in sorted(bad):
+                doc.pop(key)
+                reset.append(key)
+    if status.next_preflight_time is not None and parse_time(status.next_preflight_time) is None:
+        status.next_preflight_time = None
+        reset.append("nextPreflightTime")
+    return status, reset
 
-    preflight = None
-    if rayjob is None and needs_preflight(job, now):
-        preflight = await asyncio.to_thread(check_storage, job, secret, storage)
-        if not preflight.ok:
-            metrics.preflight_failures.labels(reason=preflight.reason).inc()
 
-    decision = reconcile(job, Observed(rayjob, progress, preflight, now), warnings=[str(w) for w in report.warnings])
-    if preflight is not None and not preflight.ok:
-        delay = preflight_backoff(
-            decision.status.preflight_failures,
-            settings.preflight_backoff_seconds,
-            settings.preflight_backoff_max_seconds,
+class Reconciler:
+    """One reconciliation per job at a time.
+
+    kopf runs the create/resume/update handlers (kicks) and the timer of one object concurrently.
+    Each call takes the job's lock, then reads the object afresh (a queued call must not decide on a
+    status an earlier call already changed), decides, acts and writes the status itself before it
+    releases the lock. So every transition is decided once: one status write and one event."""
+
+    def __init__(self, kube: Kube, settings: OperatorSettings, metrics: Metrics) -> None:
+        self.kube, self.settings, self.metrics = kube, settings, metrics
+        self.gate = StorageGate(
+            threads=settings.storage_threads,
+            per_endpoint=settings.storage_calls_per_endpoint,
+            cooldown=settings.storage_breaker_seconds,
+            deadline=settings.storage_deadline_seconds,
         )
-        decision.status.next_preflight_time = (now + dt.timedelta(seconds=delay)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._queued: set[str] = set()
+        self._kicked: set[asyncio.Task[None]] = set()
 
-    for action in decision.actions:
-        if isinstance(action, CreateAttempt):
-            await kube.apply_configmap(build_configmap(job))
-            await kube.create(build_rayjob(job, action.attempt, settings))
-            metrics.rayjobs_created.inc()
+    async def __call__(self, namespace: str, name: str, uid: str) -> None:
+        lock = self._locks.setdefault(uid, asyncio.Lock())
+        async with lock:
+            self._queued.discard(uid)  # from here on, a new kick queues another run: it may carry a newer spec
+            body = await self.kube.get(*CPTJOBS, namespace, name)
+            if body is None or body["metadata"].get("uid") != uid:
+                return  # deleted, or a new incarnation with its own lock
+            await self.reconcile(body)
+
+    def kick(self, namespace: str, name: str, uid: str) -> None:
+        """Reconcile soon, in a task of our own. kopf's change handlers cannot be cancelled and hold the
+        object's worker (its deletion included) while they run; a kick returns at once. Kicks coalesce:
+        one queued run reads the newest object anyway."""
+        if uid in self._queued:
+            return
+        self._queued.add(uid)
+        task = asyncio.ensure_future(self._run_kicked(namespace, name, uid))
+        self._kicked.add(task)
+        task.add_done_callback(self._kicked.discard)
+
+    async def _run_kicked(self, namespace: str, name: str, uid: str) -> None:
+        try:
+            await self(namespace, name, uid)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the poll timer retries; a traceback helps nobody here
+            self.metrics.reconcile_errors.inc()
+            log.warning("%s/%s: reconciliation failed, retried at the next poll: %s", namespace, name, exc)
+        finally:
+            self._queued.discard(uid)
+
+    def forget(self, uid: str) -> None:
+        """The job is gone: drop its lock (the operator's memory stays flat as jobs come and go)."""
+        self._locks.pop(uid, None)
+        self._queued.discard(uid)
+
+    async def close(self) -> None:
+        for task in list(self._kicked):
+            task.cancel()
+        await asyncio.gather(*self._kicked, return_exceptions=True)
+        await self.kube.close()
+        self.gate.close()
+
+    # -- one reconciliation ----------------------------------------------------------------
+
+    async def reconcile(self, body: dict[str, Any]) -> None:
+        """Observe one CPTJob, decide with the pure state machine, act, write the status, post events."""
+        started = time.monotonic()
+        meta = body["metadata"]
+        namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid")
+        if meta.get("deletionTimestamp"):
+            return  # being deleted: children go with it (garbage collection); never create new ones
+        now = dt.datetime.now(dt.timezone.utc)
+        raw_status: dict[str, Any] = body["status"] if isinstance(body.get("status"), dict) else {}
+        status, reset = parse_status(raw_status)
+        if reset:
+            log.warning("%s/%s: reset status field(s) it cannot parse: %s", namespace, name, ", ".join(reset))
+        report = validate({k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")}, server_checked=True)
+        if report.job is None:
+            # The API server admitted it but the models do not: stop the attempt, keep checkpoints, say what to fix.
+            rayjob, _ = await self._rayjob(namespace, status.ray_job_name, uid)
+            problems = "; ".join(str(e) for e in report.errors)
+            decision = reject_spec(status, problems, meta.get("generation"), rayjob, now)
+            await self._delete_rayjobs(decision, namespace)
+        else:
+            job = report.job
+            job.metadata.namespace = namespace
+            job.status = status
+            if is_final(status) and not reset:
+                self.metrics.set_phase(namespace, name, status.phase.value if status.phase else None)
+                return
+            decision = await self._decide(job, report, now)
+        new_status = decision.status.model_dump(by_alias=True, exclude_none=True, mode="json")
+        changes = _status_patch(raw_status, new_status)
+        if changes:
+            await self.kube.patch_status(*CPTJOBS, namespace, name, changes)
+        for event in decision.events:  # after the status write: a failed write is retried without duplicate events
+            kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message[:1000])
+        self.metrics.set_phase(namespace, name, decision.status.phase.value if decision.status.phase else None)
+        self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+
+    async def _decide(self, job: api.CPTJob, report: Report, now: dt.datetime) -> Decision:
+        spec, meta, status = job.spec, job.metadata, job.status or api.CPTJobStatus()
+        namespace = meta.namespace or ""
+        secret_name = spec.storage.credentials_secret
+        keys = [key for key, _ in CREDENTIAL_KEYS]
+        secret = await self.kube.secret_data(namespace, secret_name, keys) if secret_name else None
+        rayjob, foreign = await self._rayjob(namespace, status.ray_job_name, meta.uid)
+        storage = storage_for(spec.storage, secret if secret_name else None, self.settings)
+
+        progress, problem = None, None
+        if status.attempt > 0 and (secret is not None or not secret_name):
+            progress, problem = await _observe_progress(self.gate, storage, spec.checkpoint.uri, job, status.attempt)
+
+        preflight = None
+        if rayjob is None and needs_preflight(job, now):
+            try:
+                preflight = await self.gate.run(storage, check_storage, job, secret, storage)
+            except Unreachable as exc:
+                preflight = PreflightResult(False, Reason.StorageUnreachable, str(exc))
+            if not preflight.ok:
+                self.metrics.preflight_failures.labels(reason=preflight.reason).inc()
+
+        warnings = [str(w) for w in report.warnings]
+        observed = Observed(rayjob, progress, preflight, now, progress_problem=problem, foreign_rayjob=foreign)
+        decision = reconcile(job, observed, warnings=warnings)
+        blocked = await self._act(decision, job)
+        if blocked is not None:  # the attempt could not be created: decide again knowing why
+            decision = reconcile(job, dataclasses.replace(observed, launch_blocked=blocked), warnings=warnings)
+            await self._act(decision, job)
+        if decision.status.preflight_failures and decision.status.next_preflight_time is None:
+            delay = preflight_backoff(
+                decision.status.preflight_failures,
+                self.settings.preflight_backoff_seconds,
+                self.settings.preflight_backoff_max_seconds,
+            )
+            decision.status.next_preflight_time = (now + dt.timedelta(seconds=delay)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return decision
+
+    async def _rayjob(self, namespace: str, name: str | None, uid: str | None) -> tuple[Any, str | None]:
+        """The current attempt's RayJob when this CPTJob owns it; else None, and why when a namesake holds the name."""
+        if not name:
+            return None, None
+        try:
+            return await self.kube.get_owned(*RAYJOBS, namespace, name, uid), None
+        except ForeignObject as exc:
+            return None, str(exc)
+
+    async def _act(self, decision: Decision, job: api.CPTJob) -> Problem | None:
+        """Carry out the decision's actions. A launch that cannot happen returns why (a foreign object, a
+        rejected RayJob): the state machine reports it once instead of kopf retrying it blindly."""
+        namespace = job.metadata.namespace or ""
+        await self._delete_rayjobs(decision, namespace)
+        for action in decision.actions:
+            if not isinstance(action, CreateAttempt):
+                continue
+            rayjob = build_rayjob(job, action.attempt, self.settings)
+            try:
+                await self.kube.apply_configmap(build_configmap(job))
+                await self.kube.create(rayjob)
+            except ForeignObject as exc:
+                return Problem(Reason.ForeignObject, str(exc))
+            except ApiError as exc:
+                if exc.status in (400, 422):  # what we built was rejected (e.g. by KubeRay's schema): permanent
+                    return Problem(
+                        Reason.ValidationFailed,
+                        f"the API server rejected RayJob {rayjob['metadata']['name']}: {exc.message}",
+                    )
+                raise
+            self.metrics.rayjobs_created.inc()
             if action.attempt > 1:
-                metrics.restarts.inc()
-        elif isinstance(action, DeleteRayJob):
-            await kube.delete("ray.io", "v1", "rayjobs", namespace, action.name)
-    for event in decision.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1000])
+                self.metrics.restarts.inc()
+        return None
 
-    new_status = decision.status.model_dump(by_alias=True, exclude_none=True, mode="json")
-    changes = _status_patch(document["status"], new_status)
-    if changes:
-        patch.status.update(changes)
-    metrics.set_phase(namespace, name, decision.status.phase.value if decision.status.phase else None)
-    metrics.reconcile_seconds.observe(time.monotonic() - started)
+    async def _delete_rayjobs(self, decision: Decision, namespace: str) -> None:
+        for action in decision.actions:
+            if isinstance(action, DeleteRayJob):
+                await self.kube.delete(*RAYJOBS, namespace, action.name, uid=action.uid)
+
+
+async def _observe_progress(
+    gate: StorageGate, storage: Storage, uri: str, job: api.CPTJob, attempt: int
+) -> tuple[Progress | None, Problem | None]:
+    """The current attempt's progress file, or why the file that is there was not taken.
+
+    A predecessor's file (same name, another uid) or another attempt's is expected until the trainer
+    writes: ignored silently. Another job's, a damaged one or a failed read: a problem (a warning
+    condition), never a phase change."""
+    name = job.metadata.name
+    try:
+        found = await gate.run(storage, load_progress, storage, uri)
+    except UnreadableProgress as exc:
+        return None, Problem(Reason.ProgressUnreadable, str(exc))
+    except StorageError as exc:
+        return None, Problem(Reason.ProgressUnavailable, str(exc))
+    if found is None:
+        return None, None
+    if found.job != name:
+        where = f"{uri.rstrip('/')}/_status/progress.json"
+        return None, Problem(
+            Reason.ProgressForeign,
+            f"{where} was written by job '{found.job}', not '{name}'; give each job its own spec.checkpoint.uri",
+        )
+    if not found.belongs_to(name, job.metadata.uid, attempt):
+        return None, None
+    return found, None
+
+
+async def _until(flag: Any) -> None:
+    await flag.wait()  # kopf's async DaemonStopped: `await flag` itself raises
 
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, metrics: Metrics, login: Any = None) -> None:
     """Register the operator's handlers on `registry`."""
     resource = (api.GROUP, api.VERSION, api.PLURAL)
+    holder: dict[str, Reconciler] = {}
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -176,35 +361,74 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, metric
         settings.posting.level = logging.WARNING  # our own events only, not kopf's handler chatter
         settings.watching.server_timeout = 300
         settings.execution.max_workers = 20
+        # A deleted job's finalizer goes when its timer has returned; kopf checks that every
+        # `cancellation_polling` seconds (default 60) unless the timer exits "instantly".
+        settings.background.instant_exit_timeout = 0.2
+        settings.background.cancellation_polling = 1
 
     @kopf.on.login(registry=registry)
     def authenticate(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
         info = login or kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
-        if info is not None and memo.get("kube") is None:
-            memo["kube"] = Kube(info)
+        if info is not None and "reconciler" not in holder:
+            holder["reconciler"] = Reconciler(Kube(info, timeout=settings.api_timeout_seconds), settings, metrics)
         return info
 
     @kopf.on.cleanup(registry=registry)
-    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-        if memo.get("kube") is not None:
-            await memo["kube"].close()
+    async def cleanup(**_: Any) -> None:
+        if "reconciler" in holder:
+            await holder.pop("reconciler").close()
 
-    async def handle(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-        try:
-            await reconcile_job(body, patch, memo["kube"], settings, metrics)
-        except Exception:
-            metrics.reconcile_errors.inc()
-            raise
+    def active(body: kopf.Body) -> Reconciler | None:
+        """The reconciler, unless the operator is stopping or the job is finished (final is final: kopf's
+        copy suffices, no fresh read per poll of a finished job)."""
+        meta = body["metadata"]
+        reconciler = holder.get("reconciler")
+        known = parse_status(json.loads(json.dumps(body.get("status") or {}, default=dict)))[0]
+        if is_final(known):
+            metrics.set_phase(meta["namespace"], meta["name"], known.phase.value if known.phase else None)
+            return None
+        return reconciler
+
+    async def handle(body: kopf.Body, **_: Any) -> None:
+        reconciler = active(body)
+        if reconciler is not None:
+            meta = body["metadata"]
+            try:
+                await reconciler(meta["namespace"], meta["name"], meta["uid"])
+            except Exception:
+                metrics.reconcile_errors.inc()
+                raise  # transient (API or network trouble): the timer comes back at the next poll
+
+    async def kick(body: kopf.Body, **_: Any) -> None:
+        reconciler = active(body)
+        if reconciler is not None:
+            reconciler.kick(body["metadata"]["namespace"], body["metadata"]["name"], body["metadata"]["uid"])
 
     for decorator in (
         kopf.on.create(*resource, registry=registry),
         kopf.on.resume(*resource, registry=registry),
         kopf.on.update(*resource, field="spec", registry=registry),
-        kopf.timer(*resource, interval=settings.poll_seconds, registry=registry),
     ):
-        decorator(handle)
+        decorator(kick)
+
+    @kopf.timer(*resource, interval=settings.poll_seconds, registry=registry)
+    async def poll(body: kopf.Body, **kwargs: Any) -> None:
+        """`handle`, given up once the job is deleted or the operator stops: kopf lets a deleted object go
+        only after its timer returned, and a reconciliation waiting on a dead endpoint must not hold it."""
+        work = asyncio.ensure_future(handle(body))
+        halt = asyncio.ensure_future(_until(kwargs["stopped"]))
+        try:
+            await asyncio.wait({work, halt}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            halt.cancel()
+            if not work.done():
+                work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
 
     @kopf.on.event(*resource, registry=registry)
     def forget_deleted(type: str, body: kopf.Body, **_: Any) -> None:
         if type == "DELETED":
             metrics.set_phase(body["metadata"]["namespace"], body["metadata"]["name"], None)
+            if "reconciler" in holder:
+                holder["reconciler"].forget(body["metadata"]["uid"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import ssl
 import tempfile
+from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
@@ -41,7 +42,34 @@ class ApiError(RuntimeError):
         self.status = status
         self.body = body
         message = body.get("message") if isinstance(body, dict) else str(body)
+        self.message = str(message)
         super().__init__(f"HTTP {status}: {message}")
+
+
+class ForeignObject(RuntimeError):
+    """An object with the name the operator needs exists and is not owned by the job (never adopted, never deleted)."""
+
+    def __init__(self, obj: dict[str, Any], owner_uid: str | None) -> None:
+        meta = obj.get("metadata", {})
+        self.kind, self.namespace, self.name = obj.get("kind") or "object", meta.get("namespace"), meta.get("name")
+        owners = [f"{r.get('kind')}/{r.get('name')} uid {r.get('uid')}" for r in meta.get("ownerReferences") or []]
+        held = f"owned by {', '.join(owners)}" if owners else "without an owner"
+        plural = self.kind.lower() + "s"
+        super().__init__(
+            f"{self.kind} {self.namespace}/{self.name} exists {held}, not by this CPTJob (uid {owner_uid}); it is "
+            f"left alone. Delete it if it is a leftover: kubectl -n {self.namespace} delete {plural} {self.name}"
+        )
+
+
+def owned_by(obj: dict[str, Any], uid: str | None) -> bool:
+    """Whether `obj` has an ownerReference to the object with `uid`."""
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return uid is not None and any(ref.get("uid") == uid for ref in refs)
+
+
+def _controller_uid(obj: dict[str, Any]) -> str | None:
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return next((ref.get("uid") for ref in refs if ref.get("controller")), None)
 
 
 def _path(group: str, version: str, plural: str, namespace: str | None, name: str | None = None) -> str:
@@ -55,8 +83,9 @@ def _path(group: str, version: str, plural: str, namespace: str | None, name: st
 class Kube:
     """Get, create, update and delete objects with the operator's own credentials."""
 
-    def __init__(self, info: Any) -> None:
+    def __init__(self, info: Any, timeout: float = 30.0) -> None:
         self.server = str(info.server).rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(10.0, timeout))
         headers = {"Accept": "application/json"}
         if getattr(info, "token", None):
             headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
@@ -88,7 +117,7 @@ class Kube:
 
     async def _request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(headers=self._headers)
+            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
         headers = {"Content-Type": content_type} if body is not None else {}
         async with self._session.request(method, self.server + path, json=body, headers=headers, ssl=self._ssl) as r:
             payload = await r.json(content_type=None) if r.content_length != 0 else None
@@ -106,8 +135,19 @@ class Kube:
                 return None
             raise
 
+    async def get_owned(
+        self, group: str, version: str, plural: str, namespace: str | None, name: str, owner_uid: str | None
+    ) -> dict[str, Any] | None:
+        """The object when it exists and `owner_uid` owns it; None when it does not exist; `ForeignObject` else."""
+        obj = await self.get(group, version, plural, namespace, name)
+        if obj is not None and not owned_by(obj, owner_uid):
+            raise ForeignObject(obj, owner_uid)
+        return obj
+
     async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Create; an existing object with the same name is returned instead (idempotent)."""
+        """Create `obj` (which names its controller in ownerReferences). An existing object of that name is
+        adopted only when the same controller owns it (created by an earlier, interrupted reconcile);
+        anything else raises `ForeignObject`."""
         group, _, version = obj["apiVersion"].rpartition("/")
         meta = obj["metadata"]
         plural = obj["kind"].lower() + "s"
@@ -115,37 +155,61 @@ class Kube:
             return await self._request("POST", _path(group, version, plural, meta.get("namespace")), obj)
         except ApiError as exc:
             if exc.status == 409:
-                existing = await self.get(group, version, plural, meta.get("namespace"), meta["name"])
+                existing = await self.get_owned(
+                    group, version, plural, meta.get("namespace"), meta["name"], _controller_uid(obj)
+                )
                 if existing is not None:
                     return existing
             raise
 
     async def apply_configmap(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Create the ConfigMap, or replace its data when it exists (the spec may have changed)."""
+        """Create the ConfigMap, or replace its data when it exists and is ours (the spec may have changed)."""
         meta = obj["metadata"]
-        current = await self.get("", "v1", "configmaps", meta["namespace"], meta["name"])
+        current = await self.get_owned("", "v1", "configmaps", meta["namespace"], meta["name"], _controller_uid(obj))
         if current is None:
             return await self.create(obj)
-        replacement = {**current, "data": obj["data"]}
+        if current.get("data") == obj["data"]:
+            return current
+        replacement = {**current, "data": obj["data"]}  # carries its resourceVersion: a concurrent change is a 409
         path = _path("", "v1", "configmaps", meta["namespace"], meta["name"])
         return await self._request("PUT", path, replacement)
 
-    async def delete(self, group: str, version: str, plural: str, namespace: str | None, name: str) -> None:
+    async def delete(
+        self, group: str, version: str, plural: str, namespace: str | None, name: str, uid: str | None = None
+    ) -> None:
+        """Delete (background propagation). With `uid`, only that very object: a namesake is never deleted."""
+        options: dict[str, Any] = {"propagationPolicy": "Background"}
+        if uid:
+            options["preconditions"] = {"uid": uid}
         try:
-            await self._request(
-                "DELETE", _path(group, version, plural, namespace, name), {"propagationPolicy": "Background"}
-            )
+            await self._request("DELETE", _path(group, version, plural, namespace, name), options)
         except ApiError as exc:
+            if exc.status == 409 and uid:
+                return  # another object took the name: not ours to delete
             if exc.status != 404:
                 raise
 
-    async def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
-        """A Secret's decoded data; None when it does not exist. Never logged."""
+    async def patch_status(self, group: str, version: str, plural: str, namespace: str, name: str, patch: Any) -> None:
+        """A JSON merge patch of the status subresource."""
+        path = _path(group, version, plural, namespace, name) + "/status"
+        await self._request("PATCH", path, {"status": patch}, "application/merge-patch+json")
+
+    async def secret_data(self, namespace: str, name: str, keys: Iterable[str]) -> dict[str, str | None] | None:
+        """The Secret's values of `keys` as text; None when the Secret does not exist. A key that is not
+        UTF-8 text maps to None; other keys (certificates, anything binary) are never decoded. Never logged."""
         secret = await self.get("", "v1", "secrets", namespace, name)
         if secret is None:
             return None
-        data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
-        data.update(secret.get("stringData") or {})
+        raw = secret.get("data") or {}
+        data: dict[str, str | None] = {}
+        for key in keys:
+            if key in raw:
+                try:
+                    data[key] = base64.b64decode(raw[key]).decode("utf-8")
+                except (ValueError, UnicodeDecodeError):
+                    data[key] = None
+            elif key in (secret.get("stringData") or {}):
+                data[key] = secret["stringData"][key]
         return data
 
     async def close(self) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from cpt_core.api.v1alpha1 import CPTJob
 from cpt_core.reasons import Reason
-from cpt_core.storage import AccessDenied, S3Settings, Storage, StorageError, parse_uri
+from cpt_core.storage import AccessDenied, S3Settings, Storage, StorageError, Unreachable, parse_uri
 
 from .builders import CREDENTIAL_KEYS
 from .state import PreflightResult
@@ -24,7 +24,7 @@ from .state import PreflightResult
 REQUIRED_KEYS = [key for key, optional in CREDENTIAL_KEYS if not optional]
 
 
-def check_secret(job: CPTJob, secret: Mapping[str, str] | None) -> PreflightResult | None:
+def check_secret(job: CPTJob, secret: Mapping[str, str | None] | None) -> PreflightResult | None:
     """None when the Secret is fine (or none is referenced), else the failure (pure)."""
     name = job.spec.storage.credentials_secret
     if not name:
@@ -37,6 +37,13 @@ def check_secret(job: CPTJob, secret: Mapping[str, str] | None) -> PreflightResu
             f"Secret {ns}/{name} (spec.storage.credentialsSecret) not found; create it: kubectl -n {ns} create secret "
             f"generic {name} --from-literal=AWS_ACCESS_KEY_ID=... --from-literal=AWS_SECRET_ACCESS_KEY=...",
         )
+    binary = [key for key, _ in CREDENTIAL_KEYS if key in secret and secret[key] is None]
+    if binary:
+        return PreflightResult(
+            False,
+            Reason.SecretNotFound,
+            f"Secret {ns}/{name}: the value of {', '.join(binary)} is not UTF-8 text; store the key as plain text",
+        )
     missing = [key for key in REQUIRED_KEYS if not secret.get(key)]
     if missing:
         return PreflightResult(
@@ -48,14 +55,22 @@ def check_secret(job: CPTJob, secret: Mapping[str, str] | None) -> PreflightResu
 
 
 def _failure(exc: StorageError, what: str) -> PreflightResult:
-    """AccessDenied for credential problems; BucketUnreachable for everything else (endpoint down, no bucket)."""
+    """AccessDenied for credential problems; BucketUnreachable for everything else (no bucket, odd errors).
+    An endpoint that does not answer (`Unreachable`) is not caught here: the caller's storage gate
+    must see it (its breaker spares the other jobs on that endpoint)."""
+    if isinstance(exc, Unreachable):
+        raise exc
     return PreflightResult(
         False, Reason.AccessDenied if isinstance(exc, AccessDenied) else Reason.BucketUnreachable, f"{what}: {exc}"
     )
 
 
-def check_storage(job: CPTJob, secret: Mapping[str, str] | None, storage: Storage | None = None) -> PreflightResult:
-    """The full preflight for one job; `secret` is the decoded Secret data (None: not found)."""
+def check_storage(
+    job: CPTJob, secret: Mapping[str, str | None] | None, storage: Storage | None = None
+) -> PreflightResult:
+    """The full preflight for one job; `secret` is the decoded Secret data (None: not found).
+
+    Raises `Unreachable` when the endpoint does not answer (reported as StorageUnreachable)."""
     failed = check_secret(job, secret)
     if failed is not None:
         return failed
@@ -67,7 +82,7 @@ def check_storage(job: CPTJob, secret: Mapping[str, str] | None, storage: Storag
             f"spec.checkpoint.uri {spec.checkpoint.uri} is a local path; on a cluster it must be s3:// (the operator "
             "reads progress from it, and a pod's local disk dies with the pod). Local paths work with `cpt run`",
         )
-    env = dict(secret or {})
+    env = {k: v for k, v in (secret or {}).items() if v is not None}
     storage = storage or Storage(S3Settings.from_spec(spec.storage, {**env, "AWS_REGION": spec.storage.region}))
     s3_uris = [spec.checkpoint.uri, spec.cache_uri]
     s3_uris += [uri for source in spec.data.sources for uri in source.uris]

@@ -37,6 +37,22 @@ class OperatorSettings(BaseModel):
     """Default memory of the Ray head."""
     max_worker_failures: int = 1
     """Ray Train restarts of lost workers inside one attempt, before the attempt fails."""
+    s3_connect_timeout_seconds: float = 3.0
+    """Seconds the operator waits to connect to an S3 endpoint (preflight, progress file)."""
+    s3_read_timeout_seconds: float = 10.0
+    """Seconds the operator waits for an S3 response once connected."""
+    s3_max_attempts: int = 2
+    """Attempts per S3 call the operator makes (the first try plus retries)."""
+    storage_threads: int = 32
+    """Threads for the operator's S3 calls (boto3 is synchronous)."""
+    storage_calls_per_endpoint: int = 8
+    """S3 calls in flight per endpoint at most: a dead endpoint holds no more threads than this."""
+    storage_breaker_seconds: float = 15.0
+    """After an endpoint did not answer, further calls to it fail at once for this long."""
+    storage_deadline_seconds: float = 60.0
+    """Upper bound on one storage operation (a preflight makes several calls)."""
+    api_timeout_seconds: float = 30.0
+    """Upper bound on one Kubernetes API call the operator makes besides kopf's own."""
     s3_endpoint: str | None = None
     """S3 endpoint the operator itself uses instead of spec.storage.endpoint (an operator outside the
     cluster network, e.g. a port-forward); the pods always use spec.storage.endpoint."""

@@ -60,18 +60,36 @@ class CreateAttempt:
 
 @dataclass(frozen=True)
 class DeleteRayJob:
+    """Delete the RayJob `name`; with `uid`, only that object (a namesake created since is never deleted)."""
+
     name: str
+    uid: str | None = None
+
+    @classmethod
+    def of(cls, rayjob: dict[str, Any]) -> DeleteRayJob:
+        return cls(rayjob["metadata"]["name"], rayjob["metadata"].get("uid"))
 
 
 Action = CreateAttempt | DeleteRayJob
 
 
 @dataclass(frozen=True)
+class Problem:
+    """Something observed that the job cannot use, with the reason and a message that says what to do."""
+
+    reason: Reason
+    message: str
+
+
+@dataclass(frozen=True)
 class Observed:
-    rayjob: dict[str, Any] | None = None
+    rayjob: dict[str, Any] | None = None  # the current attempt's RayJob, known to be owned by this CPTJob
     progress: Progress | None = None  # already known to be this incarnation's and this attempt's
     preflight: PreflightResult | None = None
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(UTC))
+    progress_problem: Problem | None = None  # the progress file was there but not taken (damaged, foreign, unreadable)
+    foreign_rayjob: str | None = None  # the current attempt's RayJob name is held by an object we do not own
+    launch_blocked: Problem | None = None  # creating the attempt's children failed (foreign object, rejected)
 
 
 @dataclass
@@ -116,18 +134,40 @@ def condition(status: CPTJobStatus, type_: ConditionType) -> Condition | None:
     return next((c for c in status.conditions if c.type == type_.value), None)
 
 
+def parse_time(value: str | None) -> dt.datetime | None:
+    """An RFC 3339 time as the operator writes it; None for anything else (a damaged field is reset, not fatal)."""
+    if not value:
+        return None
+    try:
+        return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def spec_rejected(status: CPTJobStatus) -> bool:
+    """Failed because the spec was invalid: a corrected spec revives the job (every other Failed is final)."""
+    failed = condition(status, ConditionType.Failed)
+    return (
+        status.phase == Phase.Failed
+        and failed is not None
+        and failed.status == "True"
+        and failed.reason == Reason.InvalidSpec.value
+    )
+
+
+def is_final(status: CPTJobStatus) -> bool:
+    return status.phase == Phase.Succeeded or (status.phase == Phase.Failed and not spec_rejected(status))
+
+
 def needs_preflight(job: CPTJob, now: dt.datetime) -> bool:
     """Whether the handler must run a preflight before calling `reconcile` (pure)."""
     status = job.status or CPTJobStatus()
-    if job.spec.run_policy.suspend or status.phase in (Phase.Succeeded, Phase.Failed, Phase.Preparing, Phase.Running):
+    if job.spec.run_policy.suspend or is_final(status) or status.phase in (Phase.Preparing, Phase.Running):
         return False
-    if status.phase == Phase.Suspended:
-        return True  # unsuspended: the next attempt needs a fresh preflight
-    if status.next_preflight_time:
-        due = dt.datetime.strptime(status.next_preflight_time, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-        if now < due:
-            return False
-    return True
+    if status.phase in (Phase.Suspended, Phase.Failed):
+        return True  # unsuspended, or the spec was corrected: the next attempt needs a fresh preflight
+    due = parse_time(status.next_preflight_time)
+    return due is None or now >= due
 
 
 def preflight_backoff(failures: int, base: float, cap: float) -> float:
@@ -156,7 +196,7 @@ def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None
         set_condition(status, type_, value, reason, msg, now, generation)
 
     validated = condition(status, ConditionType.Validated)
-    if validated is None or validated.observed_generation != generation:
+    if validated is None or validated.observed_generation != generation or validated.status != "True":
         message = "; ".join(status.warnings) if status.warnings else "the spec is valid"
         set_(ConditionType.Validated, "True", Reason.ValidWithWarnings if status.warnings else Reason.Valid, message)
         for warning in status.warnings:
@@ -177,11 +217,31 @@ def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None
         set_(ConditionType.Training, "False", reason, message)
         transition(phase, message, "Normal" if succeeded else "Warning")
 
-    if status.phase in (Phase.Succeeded, Phase.Failed):
+    rayjob = observed.rayjob
+    if spec_rejected(status):
+        # The spec is valid again (reconcile only sees valid specs): revive the job with a new attempt.
+        if rayjob is not None:
+            decision.actions.append(DeleteRayJob.of(rayjob))
+            return decision  # the old attempt's RayJob must be gone before a new one starts
+        message = f"the spec is valid again (generation {generation}); a new attempt resumes from the last checkpoint"
+        set_(ConditionType.Failed, "False", Reason.SpecCorrected, message)
+        set_(ConditionType.Succeeded, "False", Reason.SpecCorrected, message)
+        status.completion_time = None
+        status.phase = Phase.Restarting if status.attempt else Phase.Pending
+        status.message = message
+        decision.events.append(Event("Normal", Reason.SpecCorrected.value, message))
+    if is_final(status):
         return decision  # terminal: nothing changes any more
 
-    rayjob = observed.rayjob
     ours = observed.progress if observed.progress is not None and observed.progress.attempt == status.attempt else None
+    ignored = condition(status, ConditionType.ProgressIgnored)
+    problem = observed.progress_problem
+    if problem is not None:
+        if ignored is None or ignored.status != "True" or ignored.reason != problem.reason.value:
+            decision.events.append(Event("Warning", problem.reason.value, problem.message))
+        set_(ConditionType.ProgressIgnored, "True", problem.reason, problem.message)
+    elif ours is not None and ignored is not None and ignored.status == "True":
+        set_(ConditionType.ProgressIgnored, "False", Reason.ProgressAccepted, "the progress file is read again")
     if ours is not None:
         previous_stage = status.stage
         mirror_progress(status, ours)
@@ -213,7 +273,7 @@ def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None
     # -- suspension ------------------------------------------------------------------------
     if spec.run_policy.suspend:
         if rayjob is not None:
-            decision.actions.append(DeleteRayJob(rayjob["metadata"]["name"]))
+            decision.actions.append(DeleteRayJob.of(rayjob))
         if status.phase != Phase.Suspended:
             set_(ConditionType.Training, "False", Reason.Suspended, "runPolicy.suspend is true")
             set_(ConditionType.ClusterReady, "False", Reason.Suspended, "the Ray cluster was deleted")
@@ -240,11 +300,24 @@ def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None
                 decision.events.append(Event("Warning", result.reason.value, result.message))
             status.message = f"{result.reason.value}: {result.message}"
             return decision
-        status.preflight_failures = 0
-        status.next_preflight_time = None
         set_(
             ConditionType.StorageReady, "True", Reason.Ready, "credentials, bucket, data and checkpoint prefix checked"
         )
+        blocked = observed.launch_blocked
+        if blocked is not None:
+            if blocked.reason.terminal:
+                finish(Phase.Failed, blocked.reason, blocked.message)
+                return decision
+            status.preflight_failures += 1  # retried with the preflight's backoff
+            status.next_preflight_time = None
+            previous = condition(status, ConditionType.ClusterReady)
+            set_(ConditionType.ClusterReady, "False", blocked.reason, blocked.message)
+            if previous is None or previous.reason != blocked.reason.value or previous.message != blocked.message:
+                decision.events.append(Event("Warning", blocked.reason.value, blocked.message))
+            status.message = f"{blocked.reason.value}: {blocked.message}"
+            return decision
+        status.preflight_failures = 0
+        status.next_preflight_time = None
         status.attempt += 1
         status.ray_job_name = rayjob_name(meta.name, status.attempt)
         status.start_time = status.start_time or _ts(now)
@@ -270,7 +343,9 @@ def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None
         status.dashboard_url = ray_status["dashboardURL"]
 
     failure: tuple[str, str] | None = None
-    if rayjob is None:
+    if rayjob is None and observed.foreign_rayjob:
+        failure = (Reason.RayJobMissing.value, observed.foreign_rayjob)
+    elif rayjob is None:
         failure = (Reason.RayJobMissing.value, f"RayJob {status.ray_job_name} disappeared")
     elif deployment in FINISHED_DEPLOYMENT or (job_status == "SUCCEEDED" and deployment not in FAILED_DEPLOYMENT):
         if ours is not None and ours.state == "succeeded":
@@ -293,7 +368,7 @@ def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None
     if failure is not None:
         reason, message = failure
         if rayjob is not None:
-            decision.actions.append(DeleteRayJob(rayjob["metadata"]["name"]))
+            decision.actions.append(DeleteRayJob.of(rayjob))
         if Reason.is_terminal(reason):
             finish(Phase.Failed, reason, message)
             return decision
