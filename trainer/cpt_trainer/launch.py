@@ -145,6 +145,7 @@ def run_job(
     from .checkpoint import CheckpointStore
     from .data import DataError, prepare
     from .sources import ModelSourceError
+    from .synthesis import SynthesisError, synthesize_sources
 
     spec = job.spec.resolved()
     settings = S3Settings.from_spec(spec.storage)
@@ -161,9 +162,11 @@ def run_job(
     )
     reporter.report("preparing", message="tokenizing and packing data", force=True)
     try:
+        spec = synthesize_sources(spec, storage, reporter, options.data_parallelism)
         report = prepare(spec, storage, use_ray=True, parallelism=options.data_parallelism)
     except (DataError, ModelSourceError) as exc:
         reason = Reason.DataError if isinstance(exc, DataError) else Reason.ModelSourceError
+        reason = Reason.SynthesisFailed if isinstance(exc, SynthesisError) else reason
         reporter.report("failed", reason=reason, message=str(exc), force=True)
         raise
     if on_prepared:
