@@ -86,7 +86,8 @@ def main() -> None:
     for n in names:
         p = results[n]
         lines.append(
-            f"{n}: {p['state']} after {p['progress']['step']} steps, {p['progress']['tokens']:,} tokens, {p['seconds']} s"
+            f"{n}: {p['state']} after {p['progress']['step']} steps, "
+            f"{p['progress']['tokens']:,} tokens, {p['seconds']} s"
         )
     print("\n".join(lines))
     (OUT / "results.json").write_text(json.dumps(results, indent=2))

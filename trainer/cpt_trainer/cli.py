@@ -135,7 +135,7 @@ def synthesize(file: Path, use_ray: bool, workers: int | None, probes_source: st
         from .sources import ModelSourceError
         from .synthesis import synthesize_source
 
-        options = {"use_ray": use_ray, "workers": workers, "progress": _say}
+        options: dict[str, Any] = {"use_ray": use_ray, "workers": workers, "progress": _say}
         if probes_source is not None:
             options.update(split="holdout", output=output)
         try:

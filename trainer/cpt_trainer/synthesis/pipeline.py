@@ -22,9 +22,7 @@ import hashlib
 import json
 import logging
 import pickle
-import re
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,16 +31,14 @@ from cpt_core.api.v1alpha1 import CPTJobSpec, GeneratorKind, SynthesisGenerator
 from cpt_core.storage import Location, NotFound, ObjectInfo, Storage, parse_uri
 
 from ..data.documents import DataError, list_source_files
-from .manifest import SYNTHESIS_VERSION, Gates, OutputFile, Sample, SynthesisManifest, parse_raw_unit, raw_unit
-from .quality import Candidate, Outcome, apply_gates
-from .selection import UNIT_DOCUMENTS, Selection, Unit, select_documents
+from .manifest import SYNTHESIS_VERSION, SynthesisManifest, parse_raw_unit, raw_unit
+from .outputs import MANIFEST, build_manifest, verified_manifest, write_outputs
+from .quality import Candidate, apply_gates
+from .selection import UNIT_DOCUMENTS, Unit, select_documents
 from .writers import QuestionWriter, build_writer
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "_SYNTHESIS"
-_PART = re.compile(r"^(part-\d{5}|probes)\.jsonl$")
-SAMPLES = 6
 
 WriterFactory = Callable[[SynthesisGenerator, "str | None", Storage, str], QuestionWriter]
 
@@ -66,7 +62,7 @@ class SynthesisResult:
         return [f.uri for f in self.manifest.files]
 
 
-def model_identity(uri: str, storage: Storage) -> str:
+def model_identity(uri: str, storage: Storage, field: str) -> str:
     """A change token of a generator model without loading it: object listing (s3://), file sizes and the
     config (local directories, .gguf, pkg://), or the repo id (hf://)."""
     from ..sources import resolve
@@ -75,7 +71,7 @@ def model_identity(uri: str, storage: Storage) -> str:
         return uri
     if uri.startswith("s3://"):
         return json.dumps([uri] + [[o.location.key, o.size, o.etag] for o in storage.list_objects(uri)])
-    source = resolve(uri, storage)
+    source = resolve(uri, storage, field)
     if source.gguf_file:
         return json.dumps([uri, source.gguf_file, (source.directory / source.gguf_file).stat().st_size])
     config = source.directory / "config.json"
@@ -90,6 +86,7 @@ def model_identity(uri: str, storage: Storage) -> str:
 def _keys(
     spec: CPTJobSpec, index: int, files: list[ObjectInfo], split: str, model_uri: str | None, storage: Storage
 ) -> tuple[str, str]:
+    field = f"spec.data.sources[{index}].synthesize.generator.model"
     source = spec.data.sources[index]
     assert source.synthesize is not None
     origin = next(s for s in spec.data.sources if s.name == source.synthesize.from_)
@@ -108,7 +105,7 @@ def _keys(
     }
     if generator.kind == GeneratorKind.model:
         assert model_uri is not None
-        payload["model"] = model_identity(model_uri, storage)
+        payload["model"] = model_identity(model_uri, storage, field)
         payload["generation"] = [generator.max_new_tokens, generator.max_document_chars]
     raw_key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
     filters = source.synthesize.filters.model_dump(mode="json", by_alias=True)
@@ -191,7 +188,7 @@ def _generate_ray(units: list[Unit], job: dict[str, Any], storage: Storage, raw_
             "threads": 1,
             "factory": factory,
         },
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=1 if not gpus else 0,
         num_gpus=1 if gpus else 0,
     )
@@ -220,118 +217,6 @@ def _load_raw(storage: Storage, raw_dir: Location, raw_key: str, unit: Unit) -> 
     except (ValueError, KeyError, TypeError) as exc:
         log.warning("damaged synthesis unit %s (%s): generating it again", location, str(exc).splitlines()[0])
         return None
-
-
-def _sample(pair: Candidate, files: list[ObjectInfo], reason: str | None = None) -> Sample:
-    return Sample(
-        type=pair.type,
-        question=pair.question[:500],
-        answer=pair.answer[:500],
-        document=f"{files[pair.file].uri}:{pair.line}",
-        reason=reason,
-    )
-
-
-def _row(pair: Candidate, files: list[ObjectInfo]) -> str:
-    return json.dumps(
-        {
-            "messages": [{"role": "user", "content": pair.question}, {"role": "assistant", "content": pair.answer}],
-            "question": pair.question,
-            "answer": pair.answer,
-            "type": pair.type,
-            "document": f"{files[pair.file].uri}:{pair.line}",
-        },
-        ensure_ascii=False,
-    )
-
-
-def _write_outputs(
-    storage: Storage, out: Location, kept: list[Candidate], files: list[ObjectInfo], split: str
-) -> list[OutputFile]:
-    groups: dict[str, list[Candidate]] = {}
-    for pair in kept:
-        groups.setdefault("probes.jsonl" if split == "holdout" else f"part-{pair.file:05d}.jsonl", []).append(pair)
-    written = []
-    for name in sorted(groups):
-        data = "".join(_row(p, files) + "\n" for p in groups[name]).encode()
-        location = out.join(name)
-        storage.write_bytes(location, data)
-        written.append(
-            OutputFile(
-                uri=str(location), size=len(data), sha256=hashlib.sha256(data).hexdigest(), pairs=len(groups[name])
-            )
-        )
-    names = {out.join(name).key for name in groups}
-    for obj in storage.list_objects(out):
-        rest = obj.location.key[len(out.key) :]
-        if _PART.match(rest) and obj.location.key not in names:
-            storage.delete(obj.location)  # a part of an earlier synthesis that has no pairs now
-    return written
-
-
-def verified_manifest(storage: Storage, out: Location, key: str) -> SynthesisManifest | None:
-    """The manifest of a complete, intact synthesis with this key, or None (then it is rebuilt)."""
-    location = out.join(MANIFEST)
-    try:
-        manifest = SynthesisManifest.model_validate_json(storage.read_text(location))
-    except NotFound:
-        return None
-    except ValueError as exc:
-        log.warning("damaged synthesis manifest %s (%s): rebuilding", location, str(exc).splitlines()[0])
-        return None
-    if manifest.key != key:
-        log.info("synthesis at %s is stale (inputs, generator or filters changed): rebuilding", out)
-        return None
-    sizes = {o.uri: o.size for o in storage.list_objects(out)}
-    for f in manifest.files:
-        problem = None
-        if sizes.get(f.uri) != f.size:
-            problem = "missing" if f.uri not in sizes else f"{sizes[f.uri]} bytes, expected {f.size}"
-        elif hashlib.sha256(storage.read_bytes(f.uri)).hexdigest() != f.sha256:
-            problem = "checksum mismatch"
-        if problem:
-            log.warning("synthesis output %s is damaged (%s): rebuilding", f.uri, problem)
-            return None
-    return manifest
-
-
-def _manifest(spec: CPTJobSpec, index: int, split: str, keys: tuple[str, str], model_uri: str | None,
-              selection: Selection, outcome: Outcome, candidates: list[Candidate], files: list[ObjectInfo],
-              written: list[OutputFile], seconds: float) -> SynthesisManifest:  # fmt: skip
-    source = spec.data.sources[index]
-    assert source.synthesize is not None
-    kept = outcome.kept
-    step = max(1, len(kept) // SAMPLES)
-    rejected = [
-        _sample(pair, files, f"{gate}: {pair.problem}")
-        for gate, pairs in outcome.rejected.items()
-        for pair in pairs[:2]
-    ]
-    return SynthesisManifest(
-        version=SYNTHESIS_VERSION,
-        key=keys[1],
-        raw_key=keys[0],
-        source=source.name,
-        origin=source.synthesize.from_,
-        split=split,
-        generator=source.synthesize.generator.kind.value,
-        model=model_uri,
-        documents=selection.used,
-        excluded_documents=selection.excluded,
-        units=len(selection.units),
-        files=written,
-        gates=Gates(
-            candidates=len(candidates),
-            kept=len(kept),
-            rejected=outcome.counts(),
-            kept_by_type=dict(Counter(p.type for p in kept)),
-            candidates_by_type=dict(Counter(p.type for p in candidates)),
-        ),
-        samples_kept=[_sample(p, files) for p in kept[::step][:SAMPLES]],
-        samples_rejected=rejected,
-        generation_seconds=round(seconds, 3),
-        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    )
 
 
 # --------------------------------------------------------------------------- entry points
@@ -408,8 +293,8 @@ def synthesize_source(
             f"see the examples in the log, then loosen spec.data.sources[{index}].synthesize.filters or use a "
             "stronger generator model"
         )
-    written = _write_outputs(storage, out, outcome.kept, files, split)
-    manifest = _manifest(
+    written = write_outputs(storage, out, outcome.kept, files, split)
+    manifest = build_manifest(
         spec, index, split, (raw_key, key), model_uri, selection, outcome, candidates, files, written, generated
     )
     storage.write_text(out.join(MANIFEST), manifest.to_json())  # last: marks the synthesis complete

@@ -191,7 +191,7 @@ class TransformersEngine:
             self.model = AutoModelForCausalLM.from_pretrained(source.directory, dtype=dtype, **source.kwargs())
         except Exception as exc:
             raise ModelSourceError(f"{field}: cannot load the generator model from {source.identity}: {exc}") from None
-        self.model.to(self.device).eval()
+        self.model.eval().to(self.device)
 
     def render(self, text: str) -> str:
         from ..generation import render
