@@ -171,7 +171,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--cloze-documents", type=int, default=4000)
     parser.add_argument("--workers", default="1,2")
-    parser.add_argument("--skip-model", action="store_true")
+    parser.add_argument("--skip-model", action="store_true", help="Only the cloze generator (no model).")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "synthesis.json")
     args = parser.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
     results: dict[str, Any] = {"cpus": os.cpu_count(), "load_average": os.getloadavg()}
@@ -197,7 +198,7 @@ def main() -> None:
         runs = {w: ours(spec, cloze_dir, w, "cloze") for w in workers}
         results["cloze"] = {"documents": args.cloze_documents, **compare("cloze generator", bare_cloze(texts, 4), runs)}
     print(f"\nmachine: {results['cpus']} CPUs, load average {results['load_average'][0]:.1f} at the start")
-    out = ROOT / "bench" / "results" / "synthesis.json"
+    out = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"wrote {out}")

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 #: Bump when the raw unit layout, the writers' output or the output rows change.
-SYNTHESIS_VERSION = 1
+SYNTHESIS_VERSION = 2
 
 
 class _Model(BaseModel):

@@ -86,7 +86,8 @@ class ClozeWriter:
                 end = match.start("unit") - 1
             spans.append((match.start(), end))
         for match in _NAME.finditer(sentence):
-            if match.start() > 0:  # a capital at the start of a sentence is not a name
+            # A capital at the start of a sentence is not a name, nor one before a number ("Article 84": a label).
+            if match.start() > 0 and not re.match(r"\s+\d", sentence[match.end() :]):
                 spans.append((match.start(), match.end()))
         return spans
 
