@@ -306,3 +306,35 @@ def test_cpt_synthesize_then_prepare_is_a_cache_hit(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "spec.data.sources[2].synthesize.generator.model: not used by kind: cloze" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_cpt_run_synthesises_before_it_prepares_and_trains(tmp_path: Path) -> None:
+    doc = tiny_job_doc(
+        spec={
+            "training": {"steps": 4},
+            "checkpoint": {"uri": str(tmp_path / "run") + "/", "intervalSteps": 4},
+            "evaluation": {"intervalSteps": 4},
+            "cluster": {"workers": 1},
+        }
+    )
+    doc["spec"]["data"]["sources"].append(
+        {
+            "name": "veloria-qa",
+            "role": "instruction",
+            "weight": 5,
+            "synthesize": {"from": "veloria", "generator": {"kind": "cloze"}},
+        }
+    )
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(doc))
+    result = cpt("run", str(job))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    report = json.loads((tmp_path / "run" / "report" / "synthesis-veloria-qa.json").read_text())
+    assert report["gates"]["kept"] > 0 and report["documents"] == 256 - 16  # the job holds out 16 per source
+    progress = json.loads((tmp_path / "run" / "_status" / "progress.json").read_text())
+    assert progress["state"] == "succeeded"
+    qa = next(s for s in progress["data"]["sources"] if s["name"] == "veloria-qa")
+    assert qa["tokensAvailable"] > 0 and qa["tokensConsumed"] > 0
+    # The default output is under the cache; a second run does not synthesise again.
+    assert (tmp_path / "run" / "_cache" / "synthetic" / "veloria-qa" / "_SYNTHESIS").exists()

@@ -4,7 +4,8 @@
 RayJob entrypoint on a cluster, connecting to its Ray). It
 
 1. claims the run directory's fence for this attempt (an older attempt can no longer write),
-2. prepares the data (Ray Data, content-addressed cache: usually a no-op on a restart),
+2. synthesises the sources that ask for it, then prepares the data (Ray Data, content-addressed
+   caches: usually a no-op on a restart),
 3. starts a `TorchTrainer` whose `FailureConfig` restarts lost workers from the last committed
    checkpoint, with a stable run name derived from the job identity,
 4. returns the final progress (the same file the operator reads).
