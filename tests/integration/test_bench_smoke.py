@@ -38,8 +38,6 @@ def test_synthesis_benchmark_prints_ours_against_the_bare_loop(tmp_path: Path) -
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     figures = json.loads(out.read_text())["cloze"]
-    assert (
-        figures["bare"]["pairs"] == figures["ours"]["1_workers"]["pairs"] == figures["ours"]["2_workers"]["pairs"] > 0
-    )
+    assert figures["bare"]["pairs"] == figures["ours"]["1_workers"]["pairs"] > 0
     assert figures["ours_over_bare_per_worker_generation"] > 0
     assert "ratio ours/bare per worker" in result.stdout

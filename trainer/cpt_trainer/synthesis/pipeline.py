@@ -8,9 +8,10 @@ Per synthesised source, before data preparation:
    (a cache hit loads no model and generates nothing);
 3. otherwise read the documents, drop the holdout (the data pipeline's own choice), cut them into
    units, and generate the units that have no intact raw file under `<output>/_raw/<raw key>/` --
-   in this process or on **Ray Data** (`map_batches` with one stateful writer per worker, GPUs when
-   the cluster has them). Each unit's raw file is written when it is done, so an interrupted run
-   resumes where it stopped; filters can change without generating again;
+   on **Ray Data** (`map_batches` with one stateful model writer per worker, GPUs when the cluster
+   has them), or in this process (without Ray, and always for cloze, which has no model to spread).
+   Each unit's raw file is written when it is done, so an interrupted run resumes where it stopped;
+   filters can change without generating again;
 4. run the quality gates over every candidate, write `part-NNNNN.jsonl` per input file (chat rows
    that also carry `question` and `answer`, so the same file serves as probes), remove stale parts,
    and write the manifest last.
@@ -259,7 +260,8 @@ def synthesize_source(
     if todo:
         if progress:
             progress(f"synthesising source '{source.name}': {len(todo)} of {len(selection.units)} units to generate")
-        if use_ray:
+        # Cloze needs no model and writes thousands of pairs per second: starting Ray workers would cost more.
+        if use_ray and generator.kind == GeneratorKind.model:
             job = {"rawKey": raw_key, "generator": generator.model_dump_json(), "model": model_uri, "field": field}
             _generate_ray(todo, job, storage, raw_dir, workers, writer_factory, progress)
         else:
