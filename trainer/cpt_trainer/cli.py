@@ -138,6 +138,12 @@ def synthesize(file: Path, use_ray: bool, workers: int | None, probes_source: st
         options: dict[str, Any] = {"use_ray": use_ray, "workers": workers, "progress": _say}
         if probes_source is not None:
             options.update(split="holdout", output=output)
+        # Only model generators run on Ray (cloze is faster in this process than Ray is to start).
+        kinds = {
+            s.synthesize.generator.kind.value for i, s in enumerate(spec.data.sources) if i in indices and s.synthesize
+        }
+        use_ray = use_ray and "model" in kinds
+        options["use_ray"] = use_ray
         try:
             with local_ray(num_cpus=workers) if use_ray else contextlib.nullcontext():
                 results = [synthesize_source(spec, i, storage, **options) for i in indices]
