@@ -246,6 +246,8 @@ def synthesize_source(
     model_uri = (generator.model or spec.model.source) if generator.kind == GeneratorKind.model else None
     field = f"spec.data.sources[{index}].synthesize.generator.model"
     out = parse_uri(output or spec.synthesis_output(source)).as_prefix()
+    if split == "holdout" and out == parse_uri(spec.synthesis_output(source)).as_prefix():
+        raise SynthesisError(f"probes about holdout documents need another output than {out} (the training data)")
     files, _ = list_source_files(origin, storage)
     raw_key, key = _keys(spec, index, files, split, model_uri, storage)
     cached = verified_manifest(storage, out, key)
