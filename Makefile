@@ -77,6 +77,10 @@ py310: $(HELM) ## The contract and the operator on Python 3.10 (requires-python)
 compare: setup ## Plain CPT vs Pre-Instruction-Tuning on SmolLM2 (same token budget), side by side (~15 min)
 	$(BIN)/python hack/compare_recipes.py examples/local-smollm2.yaml examples/pit-smollm2.yaml
 
+.PHONY: compare-ki
+compare-ki: setup ## Plain CPT vs Knowledge-Instruct (synthesised QA pairs + replay) on SmolLM2, side by side
+	$(BIN)/python hack/compare_recipes.py examples/local-smollm2.yaml examples/knowledge-instruct-smollm2.yaml
+
 .PHONY: test
 test: setup ## Set up, then run the test suite (unit + integration; e2e skips without a cluster)
 	PATH=$(abspath $(TOOLS)):$$PATH $(BIN)/pytest $(PYTEST_ARGS)

@@ -1,6 +1,7 @@
 """Run two or more CPTJobs from scratch with `cpt run` and print their results side by side.
 
     make compare        # examples/local-smollm2.yaml (plain CPT) vs examples/pit-smollm2.yaml (PIT)
+    make compare-ki     # plain CPT vs examples/knowledge-instruct-smollm2.yaml (synthesised QA + replay)
 
 Each job runs in a fresh run directory under runs/compare/, so earlier runs are not resumed. The
 table compares the evaluation at step 0 and at the end: domain, general and chat holdout loss,
@@ -29,10 +30,12 @@ def run(job_file: Path) -> dict:
     run_dir = OUT / name
     shutil.rmtree(run_dir, ignore_errors=True)
     doc["spec"]["checkpoint"]["uri"] = str(run_dir) + "/"
+    absolute = lambda u: str((job_file.parent / u).resolve()) + ("/" if u.endswith("/") else "")  # noqa: E731
     for source in doc["spec"]["data"]["sources"]:
-        source["uris"] = [
-            str((job_file.parent / u).resolve()) + ("/" if u.endswith("/") else "") for u in source["uris"]
-        ]
+        if "uris" in source:
+            source["uris"] = [absolute(u) for u in source["uris"]]
+        if source.get("synthesize", {}).get("output"):
+            source["synthesize"]["output"] = absolute(source["synthesize"]["output"])
     probes = doc["spec"].get("evaluation", {}).get("probes")
     if probes:
         doc["spec"]["evaluation"]["probes"] = str((job_file.parent / probes).resolve())

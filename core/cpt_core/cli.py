@@ -36,6 +36,9 @@ class Entry:
 
 COMMANDS: dict[str, Entry] = {
     "validate": Entry("cpt_core.cli:validate", "Validate CPTJob manifests (schema, CEL rules, semantic checks)."),
+    "synthesize": Entry(
+        "cpt_trainer.cli:synthesize", "Generate question-answer sources from documents (synthesize).", "trainer"
+    ),
     "prepare": Entry("cpt_trainer.cli:prepare", "Tokenize, pack and cache the job's data.", "trainer"),
     "run": Entry("cpt_trainer.cli:run", "Run a CPTJob on this machine (embedded Ray).", "trainer"),
     "render": Entry("cpt_operator.cli:render", "Print the ConfigMap and RayJob the operator would create."),

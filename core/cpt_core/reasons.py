@@ -120,6 +120,13 @@ class Reason(str, Enum):
         FAILED,
         "unreadable or malformed data; the message names the source, file and line.",
     )
+    SynthesisFailed = (
+        "SynthesisFailed",
+        True,
+        FAILED,
+        "a synthesised source (`synthesize`) gave no usable question-answer pairs; the message counts the "
+        "rejections per quality gate: loosen `synthesize.filters` or use a stronger generator model.",
+    )
     ModelSourceError = (
         "ModelSourceError",
         True,

@@ -18,3 +18,26 @@ def test_gpu_benchmark_runs_its_code_on_cpu() -> None:
     figures = json.loads((ROOT / "bench" / "results" / "gpu-smoke.json").read_text())
     assert figures["ours_tokens_per_s_per_gpu"] > 0 and figures["bare_tokens_per_s_per_gpu"] > 0
     assert "ratio ours/bare" in result.stdout
+
+
+def test_synthesis_benchmark_prints_ours_against_the_bare_loop(tmp_path: Path) -> None:
+    out = tmp_path / "synthesis.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "synthesis.py"),
+            "--skip-model",
+            "--cloze-documents",
+            "300",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    figures = json.loads(out.read_text())["cloze"]
+    assert figures["bare"]["pairs"] == figures["ours"]["1_workers"]["pairs"] > 0
+    assert figures["ours_over_bare_per_worker_generation"] > 0
+    assert "ratio ours/bare per worker" in result.stdout

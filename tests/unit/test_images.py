@@ -42,7 +42,8 @@ def declared(extras: list[str]) -> set[str]:
 
 def distributions(modules: set[str]) -> dict[str, set[str]]:
     mapping = importlib.metadata.packages_distributions()
-    return {m: {normalise(d) for d in mapping.get(m, [])} for m in modules}
+    # A module not installed here (vllm: GPU images only) is matched by its own name.
+    return {m: {normalise(d) for d in mapping.get(m, [])} or {normalise(m)} for m in modules}
 
 
 def extras_in(dockerfile: Path) -> list[str]:

@@ -10,6 +10,7 @@ def test_terminal_reasons_are_the_ones_no_restart_can_fix() -> None:
         "NonFiniteLoss",
         "DataError",
         "ModelSourceError",
+        "SynthesisFailed",
         "ResumeMismatch",
         "CheckpointOwnedByAnotherJob",
         "InvalidSpec",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from cpt_core.cli import fail, load_local_job, needs, quiet_logging_level, setup_logging
@@ -28,13 +30,16 @@ def prepare(file: Path, use_ray: bool, cpus: int | None) -> None:
         from .data import prepare as run_prepare
         from .local_ray import local_ray
         from .sources import ModelSourceError
+        from .synthesis import synthesize as run_synthesis
 
         try:
             if use_ray:
                 with local_ray(num_cpus=cpus):
-                    report = run_prepare(job.spec, storage, use_ray=True, parallelism=cpus or 2)
+                    spec, _ = run_synthesis(job.spec, storage, use_ray=True, workers=cpus or 2, progress=_say)
+                    report = run_prepare(spec, storage, use_ray=True, parallelism=cpus or 2)
             else:
-                report = run_prepare(job.spec, storage)
+                spec, _ = run_synthesis(job.spec, storage, progress=_say)
+                report = run_prepare(spec, storage)
         except (DataError, ModelSourceError, StorageError) as exc:
             fail(str(exc))
     for source in report.sources:
@@ -84,3 +89,86 @@ def train(file: Path, attempt: int, uid: str | None, max_worker_failures: int) -
 
         code = train_in_cluster(job, attempt, max_worker_failures)
     sys.exit(code)
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--ray/--no-ray", "use_ray", default=True, help="Generate with Ray Data on a local Ray (default).")
+@click.option("--workers", type=int, default=None, help="Generator workers (default: the CPUs, or the GPUs).")
+@click.option(
+    "--holdout-probes",
+    "probes_source",
+    default=None,
+    metavar="SOURCE",
+    help="Instead: ask SOURCE's generator about the HOLDOUT documents of its origin (paraphrased probes, "
+    "never for training) and write OUTPUT/probes.jsonl.",
+)
+@click.option("--output", default=None, help="With --holdout-probes: where to write (a prefix, s3:// or local).")
+def synthesize(file: Path, use_ray: bool, workers: int | None, probes_source: str | None, output: str | None) -> None:
+    """Synthesise question-answer sources from documents (what prepare and run do first when needed).
+
+    A second run with the same documents, generator and filters is a cache hit that generates nothing;
+    an interrupted run resumes without generating the finished units again.
+    """
+    import os
+
+    from cpt_core.storage import S3Settings, Storage, StorageError
+
+    setup_logging()
+    job = load_local_job(file)
+    storage = Storage(S3Settings.from_spec(job.spec.storage))
+    spec = job.spec.resolved()
+    indices = [i for i, s in enumerate(spec.data.sources) if s.synthesize is not None]
+    if probes_source is not None:
+        indices = [i for i in indices if spec.data.sources[i].name == probes_source]
+        if not indices or not output:
+            fail(
+                f"--holdout-probes {probes_source}: needs --output and the name of a source with synthesize "
+                f"(synthesised: {', '.join(s.name for s in spec.data.sources if s.synthesize) or 'none'})"
+            )
+    elif not indices:
+        fail(f"{file}: no source in spec.data.sources has synthesize; nothing to do")
+    workers = workers or os.cpu_count() or 2
+    with needs("synthesize", "trainer"):
+        from .data import DataError
+        from .local_ray import local_ray
+        from .sources import ModelSourceError
+        from .synthesis import synthesize_source
+
+        options: dict[str, Any] = {"use_ray": use_ray, "workers": workers, "progress": _say}
+        if probes_source is not None:
+            options.update(split="holdout", output=output)
+        # Only model generators run on Ray (cloze is faster in this process than Ray is to start).
+        kinds = {
+            s.synthesize.generator.kind.value for i, s in enumerate(spec.data.sources) if i in indices and s.synthesize
+        }
+        use_ray = use_ray and "model" in kinds
+        options["use_ray"] = use_ray
+        try:
+            with local_ray(num_cpus=workers) if use_ray else contextlib.nullcontext():
+                results = [synthesize_source(spec, i, storage, **options) for i in indices]
+        except (DataError, ModelSourceError, StorageError) as exc:
+            fail(str(exc))
+    for result in results:
+        _print_synthesis(result)
+
+
+def _print_synthesis(result: Any) -> None:
+    m = result.manifest
+    gates = m.gates
+    state = (
+        "cache hit" if result.cache_hit else f"generated {result.generated_units} units, reused {result.reused_units}"
+    )
+    rejected = ", ".join(f"{gate} {n}" for gate, n in gates.rejected.items() if n) or "none"
+    click.echo(
+        f"{result.source}: {state}; {m.documents} {m.split} documents of '{m.origin}' ({m.excluded_documents} "
+        f"excluded) -> {gates.candidates} pairs -> {gates.kept} kept (rejected: {rejected}) -> {result.output}"
+    )
+    for sample in m.samples_kept[:3]:
+        click.echo(f"  kept     [{sample.type}] {sample.question} -> {sample.answer}")
+    for sample in m.samples_rejected[:4]:
+        click.echo(f"  rejected [{sample.reason}] {sample.question[:100]} -> {sample.answer[:60]}")

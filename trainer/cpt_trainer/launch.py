@@ -4,7 +4,8 @@
 RayJob entrypoint on a cluster, connecting to its Ray). It
 
 1. claims the run directory's fence for this attempt (an older attempt can no longer write),
-2. prepares the data (Ray Data, content-addressed cache: usually a verified no-op on a restart),
+2. synthesises the sources that ask for it, then prepares the data (Ray Data, content-addressed
+   caches: usually a verified no-op on a restart),
 3. runs a `TorchTrainer` (in a thread, so the driver's main thread keeps SIGINT/SIGTERM: see
    interrupt.py) and classifies what the workers raised:
    - permanent (bad spec, bad data, damaged cache or checkpoint that cannot be loaded, resume
@@ -208,6 +209,7 @@ def run_job(
     from .checkpoint import CheckpointStore
     from .data import DataError, prepare
     from .sources import ModelSourceError
+    from .synthesis import SynthesisError, synthesize_sources
 
     spec = job.spec.resolved()
     settings = S3Settings.from_spec(spec.storage)
@@ -225,13 +227,22 @@ def run_job(
     )
     reporter.report("preparing", message="tokenizing and packing data", force=True)
 
+    def failed(exc: Exception, reason: Reason) -> TrainingError:
+        reporter.report("failed", reason=reason, message=str(exc), force=True)
+        return TrainingError(str(exc), reason)
+
+    try:
+        spec = synthesize_sources(
+            spec, storage, reporter, options.data_parallelism
+        )  # once: a content-addressed no-op on repeats
+    except (DataError, ModelSourceError) as exc:
+        raise failed(exc, Reason.SynthesisFailed if isinstance(exc, SynthesisError) else Reason.DataError) from None
+
     def prepare_data() -> Any:
         try:
             return prepare(spec, storage, use_ray=True, parallelism=options.data_parallelism)
         except (DataError, ModelSourceError) as exc:
-            reason = Reason.DataError if isinstance(exc, DataError) else Reason.ModelSourceError
-            reporter.report("failed", reason=reason, message=str(exc), force=True)
-            raise TrainingError(str(exc), reason) from None
+            raise failed(exc, Reason.DataError if isinstance(exc, DataError) else Reason.ModelSourceError) from None
 
     report = prepare_data()
     if on_prepared:

@@ -129,6 +129,42 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
             "message": "spec.data.sources: source names must be unique",
             "reason": "FieldValueDuplicate",
         },
+        {
+            "rule": "self.all(s, !has(s.synthesize) || self.exists(d, d.name == s.synthesize.from && "
+            "d.name != s.name && !has(d.synthesize) && (!has(d.format) || d.format != 'chat')))",
+            "message": "spec.data.sources: every synthesize.from must name another source with documents "
+            "(not chat data, not itself synthesised)",
+        },
+    ],
+    "spec.data.sources[*]": [
+        {
+            "rule": "has(self.synthesize) ? (!has(self.uris) || size(self.uris) == 0) : "
+            "(has(self.uris) && size(self.uris) > 0)",
+            "message": "spec.data.sources[*].uris: required (at least 1 item) unless synthesize is set, "
+            "and unset when it is (a synthesised source reads synthesize.output)",
+            "fieldPath": ".uris",
+        },
+        {
+            "rule": "!has(self.synthesize) || !has(self.format) || self.format == 'chat'",
+            "message": "spec.data.sources[*].format: a synthesised source is chat data: set format: chat",
+            "fieldPath": ".format",
+        },
+    ],
+    "spec.data.sources[*].synthesize.generator": [
+        {
+            "rule": "!has(self.kind) || self.kind != 'cloze' || !has(self.model)",
+            "message": "spec.data.sources[*].synthesize.generator.model: not used by kind: cloze; remove it",
+            "fieldPath": ".model",
+        },
+    ],
+    "spec.data.sources[*].synthesize.filters": [
+        {
+            "rule": "(has(self.minAnswerTokens) ? self.minAnswerTokens : 1) <= "
+            "(has(self.maxAnswerTokens) ? self.maxAnswerTokens : 64) && "
+            "(has(self.minQuestionTokens) ? self.minQuestionTokens : 3) <= "
+            "(has(self.maxQuestionTokens) ? self.maxQuestionTokens : 64)",
+            "message": "spec.data.sources[*].synthesize.filters: each max...Tokens must be >= its min...Tokens",
+        },
     ],
     "spec.training": [{"rule": "self == oldSelf", "message": f"spec.training {_IMMUTABLE}"}],
     "spec.stages": [

@@ -47,8 +47,11 @@ def _mixture(path: str, spec: api.CPTJobSpec, weights: dict[str, int]) -> list[P
     total = sum(weights.values())
     if total <= 0:
         return out
+    # Question-answer pairs synthesised from the domain documents carry domain knowledge, not general
+    # instruction following: they count as domain data here.
+    roles = {s.name: api.SourceRole.domain if s.synthesize is not None else s.role for s in spec.data.sources}
     share = {
-        role: 100.0 * sum(weights.get(s.name, 0) for s in spec.data.sources if s.role == role) / total
+        role: 100.0 * sum(weights.get(s.name, 0) for s in spec.data.sources if roles[s.name] == role) / total
         for role in api.SourceRole
     }
     replay = share[api.SourceRole.replay]

@@ -174,9 +174,10 @@ class DataSource(_Model):
     role: SourceRole
     """`domain` (the new knowledge), `replay` (general data that guards against forgetting; also the
     general-loss evaluation set) or `instruction` (chat data that keeps instruction following)."""
-    uris: list[URI] = Field(min_length=1, max_length=64)
+    uris: list[URI] = Field(default_factory=list, max_length=64)
     """Objects or prefixes (`s3://bucket/prefix/`, `file:///dir/`, plain paths) to read. A prefix
-    means every object below it."""
+    means every object below it. Required unless `synthesize` is set (a synthesised source reads the
+    files its synthesis wrote)."""
     format: SourceFormat = SourceFormat.jsonl
     """`jsonl` (one JSON object per line, `.gz`/`.zst` allowed), `parquet`, `text` (one document per
     file) or `chat` (JSON lines with a `messages` list, rendered with the chat template)."""
@@ -192,10 +193,196 @@ class DataSource(_Model):
     """Skip malformed records (invalid JSON, missing field) instead of failing. Skips are counted
     and the first examples recorded in the data manifest."""
 
+    synthesize: Synthesize | None = None
+    """Generate this source (question-answer pairs in chat format) from another source's documents
+    instead of reading `uris`; see Synthesize."""
+
     @field_validator("uris")
     @classmethod
     def _uris_scheme(cls, value: list[str]) -> list[str]:
         return [_check_uri(uri, DATA_SCHEMES) for uri in value]
+
+    @model_validator(mode="after")
+    def _synthesized(self) -> DataSource:
+        if self.synthesize is None:
+            if not self.uris:
+                raise FieldError(("uris",), "required: give at least 1 item (or set synthesize to generate the source)")
+            return self
+        if self.uris:
+            raise FieldError(
+                ("uris",), "leave unset on a synthesised source: its files are written to synthesize.output"
+            )
+        if "format" not in self.model_fields_set:
+            self.format = SourceFormat.chat  # synthesised data is chat data; saying so is optional
+        elif self.format != SourceFormat.chat:
+            raise FieldError(
+                ("format",), f"a synthesised source is chat data: set format: chat (got {self.format.value})"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- synthesis
+
+
+class QuestionType(str, Enum):
+    factual = "factual"
+    reasoning = "reasoning"
+    summary = "summary"
+
+
+class GeneratorKind(str, Enum):
+    model = "model"
+    cloze = "cloze"
+
+
+class SynthesisBackend(str, Enum):
+    auto = "auto"
+    transformers = "transformers"
+    vllm = "vllm"
+
+
+_PROMPT_FIELDS = {"document", "focus"}
+
+
+class SynthesisGenerator(_Model):
+    """What writes the question-answer pairs: a (small) language model prompted per question type, or
+    `cloze`, deterministic fill-in-the-blank questions cut from the documents' sentences (no model)."""
+
+    kind: GeneratorKind = GeneratorKind.model
+    """`model` (a language model answers a prompt per question type) or `cloze` (no model: a sentence
+    with a number or a name blanked out, deterministic)."""
+    model: URI | None = None
+    """`kind: model`: the generator model, in any scheme of spec.model.source (hf://, s3://, file, .gguf,
+    pkg://). Default: spec.model.source."""
+    questions_per_document: int = Field(default=3, ge=1, le=64)
+    """Questions asked per document (spread over `types` in turn, each about another sentence)."""
+    types: list[QuestionType] = Field(
+        default_factory=lambda: [QuestionType.factual, QuestionType.reasoning, QuestionType.summary],
+        min_length=1,
+        max_length=3,
+    )
+    """`kind: model`: question types asked in turn: `factual` (a fact stated in one sentence),
+    `reasoning` (combines two facts), `summary` (what the text is about)."""
+    prompts: dict[str, Annotated[str, StringConstraints(min_length=1, max_length=8192)]] = Field(
+        default_factory=dict, max_length=3
+    )
+    """`kind: model`: prompt templates by question type, replacing the built-in ones. `{document}` is the
+    document text, `{focus}` the sentence the question should be about; the model must answer in the
+    form `Question: ...` newline `Answer: ...`."""
+    max_new_tokens: int = Field(default=96, ge=8, le=4096)
+    """`kind: model`: longest generation per question."""
+    max_document_chars: int = Field(default=2000, ge=100, le=1_000_000)
+    """`kind: model`: documents are cut to this many characters in the prompt."""
+    batch_size: int = Field(default=8, ge=1, le=4096)
+    """`kind: model`: prompts generated together per forward pass."""
+    backend: SynthesisBackend = SynthesisBackend.auto
+    """`kind: model`: `transformers` (batched greedy generate), `vllm` (needs vllm installed and a GPU),
+    or `auto` (vllm when it is importable and a GPU is visible, transformers otherwise)."""
+
+    @field_validator("types")
+    @classmethod
+    def _unique_types(cls, value: list[QuestionType]) -> list[QuestionType]:
+        for i, kind in enumerate(value):
+            if kind in value[:i]:
+                raise FieldError((i,), f"duplicate question type '{kind.value}'")
+        return value
+
+    @model_validator(mode="after")
+    def _generator(self) -> SynthesisGenerator:
+        import string
+
+        if self.kind == GeneratorKind.cloze:
+            # Checked by value, not by presence: a resolved spec travels to the workers with defaults spelled out.
+            unused = {
+                "model": self.model is not None,
+                "types": self.types != list(QuestionType),
+                "prompts": bool(self.prompts),
+                "backend": self.backend != SynthesisBackend.auto,
+            }
+            for name, set_ in unused.items():
+                if set_:
+                    raise FieldError((name,), "not used by kind: cloze (which needs no model); remove it")
+            return self
+        known = {t.value for t in self.types}
+        for key, template in self.prompts.items():
+            if key not in known:
+                raise FieldError(
+                    ("prompts", key), f"'{key}' is not one of the requested types ({', '.join(sorted(known))})"
+                )
+            try:
+                fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+            except ValueError as exc:
+                raise FieldError(("prompts", key), f"not a valid template ({exc}); write braces as {{{{ }}}}") from None
+            unknown = sorted(fields - _PROMPT_FIELDS)
+            if unknown:
+                raise FieldError(
+                    ("prompts", key), f"unknown placeholder {{{unknown[0]}}}; use {{document}} and {{focus}}"
+                )
+            if "document" not in fields:
+                raise FieldError(("prompts", key), "must contain {document} (the text the question is about)")
+        return self
+
+    @field_validator("model")
+    @classmethod
+    def _model_scheme(cls, value: str | None) -> str | None:
+        return None if value is None else _check_uri(value, MODEL_SCHEMES)
+
+
+class SynthesisFilters(_Model):
+    """Quality gates on generated pairs, applied in this order; each rejection is counted (and
+    exemplified) in the synthesis manifest and report."""
+
+    min_question_tokens: int = Field(default=3, ge=1, le=1000)
+    """Shortest question kept, in words."""
+    max_question_tokens: int = Field(default=64, ge=1, le=10_000)
+    """Longest question kept, in words."""
+    min_answer_tokens: int = Field(default=1, ge=1, le=1000)
+    """Shortest answer kept, in words."""
+    max_answer_tokens: int = Field(default=64, ge=1, le=10_000)
+    """Longest answer kept, in words."""
+    grounding: float = Field(default=0.6, ge=0.0, le=1.0)
+    """Least support of the answer by its source document: 1 when the answer appears verbatim
+    (normalised) in the document, else the share of its content words found in the document."""
+    dedupe: bool = True
+    """Drop exact duplicates (same normalised question) and near duplicates (see nearDuplicate)."""
+    near_duplicate: float = Field(default=0.8, gt=0.0, le=1.0)
+    """Jaccard similarity of word bigrams (question and answer) from which a pair counts as a near
+    duplicate of an earlier kept one."""
+    max_type_share: float = Field(default=0.6, gt=0.0, le=1.0)
+    """Question-type balance: when pairs of several types are kept, no type may exceed this share of
+    them (the surplus of the largest type is dropped). 1 disables the cut."""
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SynthesisFilters:
+        if self.max_question_tokens < self.min_question_tokens:
+            raise FieldError(("maxQuestionTokens",), f"must be >= minQuestionTokens ({self.min_question_tokens})")
+        if self.max_answer_tokens < self.min_answer_tokens:
+            raise FieldError(("maxAnswerTokens",), f"must be >= minAnswerTokens ({self.min_answer_tokens})")
+        return self
+
+
+class Synthesize(_Model):
+    """A source synthesised from another source's documents: documents -> question-answer pairs
+    (a small LM or cloze) -> quality gates -> chat data. Runs before data preparation (`cpt synthesize`,
+    `cpt prepare`, `cpt run`, the operator's RayJob) when its output is missing or stale; content-
+    addressed (documents, generator, model identity) and resumable. Holdout documents of `from` are
+    never used, so evaluation stays held out."""
+
+    from_: DNSLabel = Field(alias="from")
+    """Name of the source (in spec.data.sources, with documents, not itself synthesised) whose training
+    documents the questions are about."""
+    generator: SynthesisGenerator = Field(default_factory=SynthesisGenerator)
+    """The question writer."""
+    filters: SynthesisFilters = Field(default_factory=SynthesisFilters)
+    """Quality gates."""
+    output: URI | None = None
+    """Where the generated JSON lines (`part-NNNNN.jsonl`, chat format) and the synthesis manifest
+    (`_SYNTHESIS`) are written. Default: `<data.cacheUri>/synthetic/<source name>/`."""
+
+    @field_validator("output")
+    @classmethod
+    def _output_scheme(cls, value: str | None) -> str | None:
+        return None if value is None else _check_uri(value, DATA_SCHEMES)
 
 
 class Validation(_Model):
@@ -234,6 +421,24 @@ class DataSpec(_Model):
             if source.name in seen:
                 raise FieldError((i, "name"), f"duplicate source name '{source.name}'; names must be unique")
             seen.add(source.name)
+        by_name = {source.name: source for source in value}
+        for i, source in enumerate(value):
+            if source.synthesize is None:
+                continue
+            origin = by_name.get(source.synthesize.from_)
+            documents = [s.name for s in value if s.synthesize is None and s.format != SourceFormat.chat]
+            hint = f" (sources with documents: {', '.join(documents)})" if documents else ""
+            if origin is None or origin is source:
+                what = (
+                    "itself" if origin is source else f"'{source.synthesize.from_}', not a source in spec.data.sources"
+                )
+                raise FieldError((i, "synthesize", "from"), f"names {what}; name a source with documents{hint}")
+            if origin.synthesize is not None or origin.format == SourceFormat.chat:
+                kind = "synthesised" if origin.synthesize is not None else "chat data"
+                raise FieldError(
+                    (i, "synthesize", "from"),
+                    f"'{origin.name}' is {kind}, not documents; name a source with documents{hint}",
+                )
         return value
 
 
@@ -785,6 +990,10 @@ class CPTJobSpec(_Model):
         spec.model.tokenizer = fix(spec.model.tokenizer)
         for source in spec.data.sources:
             source.uris = [fix(u) or u for u in source.uris]
+        for source in spec.data.sources:
+            if source.synthesize is not None:
+                source.synthesize.output = fix(source.synthesize.output)
+                source.synthesize.generator.model = fix(source.synthesize.generator.model)
         spec.data.cache_uri = fix(spec.data.cache_uri)
         spec.checkpoint.uri = fix(spec.checkpoint.uri) or spec.checkpoint.uri
         spec.evaluation.probes = fix(spec.evaluation.probes)
@@ -795,7 +1004,17 @@ class CPTJobSpec(_Model):
         spec = self.model_copy(deep=True)
         spec.training.learning_rate = self.learning_rate
         spec.data.cache_uri = self.cache_uri
+        for source in spec.data.sources:
+            if source.synthesize is not None:
+                source.synthesize.output = self.synthesis_output(source)
+                if source.synthesize.generator.kind == GeneratorKind.model:
+                    source.synthesize.generator.model = source.synthesize.generator.model or self.model.source
         return spec
+
+    def synthesis_output(self, source: DataSource) -> str:
+        """Where a synthesised source's files go: synthesize.output, or `<cacheUri>/synthetic/<name>/`."""
+        assert source.synthesize is not None
+        return source.synthesize.output or self.cache_uri.rstrip("/") + f"/synthetic/{source.name}/"
 
 
 class Phase(str, Enum):
