@@ -308,3 +308,22 @@ def test_bad_data_under_ray_data_is_the_same_clear_error(tmp_path: Path, tokeniz
     message = str(info.value)
     assert message.startswith("source 'src': ") and "part.jsonl line 2: invalid JSON" in message
     assert "Traceback" not in message
+
+
+def test_the_sample_order_depends_on_the_data_not_on_where_it_is(tmp_path: Path, tokenizer: Any) -> None:
+    """Two copies of a corpus (other paths, other mtimes) give other cache keys but the same content
+    fingerprint, hence the same sampler permutation and a resume that is not refused; other data does not."""
+    from cpt_trainer.data import build_sampler
+
+    storage = Storage()
+    a = prepare(numbered_spec(tmp_path / "a"), storage, tokenizer=tokenizer).sources
+    b = prepare(numbered_spec(tmp_path / "b"), storage, tokenizer=tokenizer).sources
+    assert a[0].manifest.key != b[0].manifest.key
+    assert a[0].fingerprint == b[0].fingerprint
+    rows = lambda prepared: build_sampler(prepared, 7).lookup(list(range(32)))[1].tolist()  # noqa: E731
+    assert rows(a) == rows(b)
+    other = tmp_path / "c"
+    spec = numbered_spec(other)
+    (other / "corpus" / "part-000.jsonl").write_text('{"text": "doc-x something else entirely."}\n' * 40)
+    c = prepare(spec, storage, tokenizer=tokenizer).sources
+    assert c[0].fingerprint != a[0].fingerprint

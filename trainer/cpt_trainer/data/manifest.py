@@ -7,6 +7,9 @@ and so is every shard it lists: names, sizes and checksums (see cache.py).
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
@@ -90,3 +93,11 @@ class Manifest(_Model):
     checksums: dict[str, FileDigest] | None = None
     """Every shard file of the entry with its size and checksum, verified before the entry is used
     (unset in entries written before checksums were recorded: those are rebuilt)."""
+
+    @property
+    def content_fingerprint(self) -> str:
+        """sha256 of the train shards' names and checksums (the cache key where none are recorded)."""
+        if not self.checksums:
+            return self.key
+        train = sorted((name, digest.sha256) for name, digest in self.checksums.items() if name.startswith("train-"))
+        return hashlib.sha256(json.dumps(train).encode()).hexdigest()[:32]

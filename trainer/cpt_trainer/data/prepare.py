@@ -78,7 +78,10 @@ class PreparedSource:
 
     @property
     def fingerprint(self) -> str:
-        return self.manifest.key
+        """What the training rows *are*: a hash of the train shards' checksums. It keys the sampler's
+        permutation and the resume check, so the same data gives the same sample order wherever it is
+        stored or checked out (the cache key also covers paths and mtimes)."""
+        return self.manifest.content_fingerprint
 
     def reader(self, storage: Storage, kind: str = "train") -> ShardReader:
         rows = self.rows if kind == "train" else self.holdout_rows
