@@ -1,8 +1,19 @@
-"""GPU benchmark (not part of `make test`): tokens/s/GPU and MFU of our Trainer vs a bare loop.
+"""GPU benchmark (not part of `make test`): what the Trainer adds to a fast loop, and what checkpoints
+and evaluations cost.
 
-A 1B-class random-init Llama in bf16 on one GPU: our `Trainer` (DeepSpeed ZeRO-2, loader,
-LR schedule, progress; no Ray) against a bare PyTorch loop (AdamW, autocast bf16, same batches)
-in the same run. MFU = 6 x parameters x tokens/s / peak bf16 FLOP/s of the GPU.
+A 1B-class random-init Llama in bf16 on one GPU, per sequence length (2048 and 4096 by default):
+our `Trainer` (DeepSpeed ZeRO-2, loader, LR schedule, progress, evaluation, checkpoints; no Ray)
+against a bare PyTorch loop (fused AdamW, autocast bf16, the same model kernels and batches) in the
+same run. From the Trainer's per-step wall times (GPU synchronised at each step end):
+
+- steady step: the median over steps with neither evaluation nor checkpoint -> tokens/s/GPU, MFU;
+- checkpoint stall: a checkpoint step's time minus the steady step (the loop is blocked this long);
+- evaluation cost: an evaluation step's time minus the steady step, and its share of the step time
+  at the default interval (evaluation.intervalSteps 50);
+- start-up: model build + engine init + resume check (`setup()`), and peak GPU memory.
+
+MFU counts FLOPs per token as 6 x parameters + 12 x layers x hidden x sequence (the attention
+matmuls, PaLM's formula; causal masking not discounted); the 6N-only figure is printed too.
 
     python bench/gpu.py                      # on a GPU machine (needs torch, transformers, deepspeed)
     python bench/gpu.py --cpu-smoke          # a seconds-long run of the same code on CPU (CI guard)
@@ -68,20 +79,42 @@ def model_dir(work: Path, config: dict[str, Any], seq_len: int) -> Path:
     return out
 
 
+def flops_per_token(params: int, config: dict[str, Any], seq_len: int) -> tuple[float, float]:
+    """(6N, 6N + attention) FLOPs per trained token."""
+    attention = 12 * config["num_hidden_layers"] * config["hidden_size"] * seq_len
+    return 6.0 * params, 6.0 * params + attention
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu-smoke", action="store_true")
-    parser.add_argument("--seq-len", type=int, default=2048)
-    parser.add_argument("--micro-batch", type=int, default=4)
-    parser.add_argument("--accumulation", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--seq-lens", type=int, nargs="+", default=[2048, 4096])
+    parser.add_argument("--tokens-per-step", type=int, default=16384, help="rows x seq_len per optimizer step")
+    parser.add_argument("--micro-batch", type=int, default=4, help="rows per forward at seq 2048 (halved at 4096)")
+    parser.add_argument("--steps", type=int, default=20, help="measured steps (after the warmup)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=None)
     args = parser.parse_args()
     if args.cpu_smoke:
-        args.seq_len, args.micro_batch, args.accumulation, args.steps, args.warmup = 64, 2, 2, 3, 1
+        args.seq_lens, args.tokens_per_step, args.micro_batch, args.steps, args.warmup = [64], 256, 2, 14, 1
     elif not torch.cuda.is_available():
         sys.exit("bench/gpu.py needs a GPU (use --cpu-smoke to exercise the code on CPU)")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "mfu_flops": "6 x params + 12 x layers x hidden x seq per token (attention counted, causal not discounted)",
+        "runs": [],
+    }
+    for seq_len in args.seq_lens:
+        results["runs"].append(run(args, seq_len, device))
+    out = ROOT / "bench" / "results" / ("gpu-smoke.json" if args.cpu_smoke else "gpu.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+
+
+def run(args: Any, seq_len: int, device: torch.device) -> dict[str, Any]:
+    import statistics
 
     from cpt_core.api.v1alpha1 import CPTJobSpec
     from cpt_core.storage import S3Settings, Storage
@@ -92,109 +125,146 @@ def main() -> None:
     from devkit.jobs import tiny_job_doc
 
     config = SMOKE if args.cpu_smoke else ONE_B
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = "bfloat16" if device.type == "cuda" else "float32"
     init_distributed_single_process()
-    results: dict[str, Any] = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
+    rows = max(1, args.tokens_per_step // seq_len)
+    micro = max(1, min(rows, args.micro_batch * 2048 // max(seq_len, 2048)))
+    accumulation = rows // micro
+    total = args.warmup + args.steps
+    # Evaluations and checkpoints on distinct steps inside the measured window (and both at the end).
+    eval_every = max(2, args.steps // 3)
+    ckpt_every = eval_every + 1  # coprime: the two meet only past the measured window (and at the end)
     with tempfile.TemporaryDirectory(prefix="cpt-bench-gpu-") as tmp:
         work = Path(tmp)
-        rows = args.micro_batch * args.accumulation
         doc = tiny_job_doc(
             spec={
-                "model": {"source": str(model_dir(work, config, args.seq_len)), "dtype": dtype},
+                "model": {"source": str(model_dir(work, config, seq_len)), "dtype": dtype},
                 "data": {
-                    "sequenceLength": args.seq_len,
+                    "sequenceLength": seq_len,
                     "cacheUri": str(work / "cache") + "/",
                     "validation": {"holdoutDocuments": 4},
                 },
                 "training": {
-                    "steps": args.steps + args.warmup,
-                    "globalBatchTokens": rows * args.seq_len,
-                    "microBatchSize": args.micro_batch,
+                    "steps": total,
+                    "globalBatchTokens": rows * seq_len,
+                    "microBatchSize": micro,
                     "learningRate": 3e-4,
                     "gradientCheckpointing": False,
                 },
                 "deepspeed": {"zeroStage": 2},
-                "checkpoint": {"uri": str(work / "run") + "/", "intervalSteps": 10**6, "export": {"enabled": False}},
-                "evaluation": {"intervalSteps": 10**6, "maxBatches": 1},
+                "checkpoint": {
+                    "uri": str(work / "run") + "/",
+                    "intervalSteps": ckpt_every,
+                    "export": {"enabled": False},
+                },
+                "evaluation": {"intervalSteps": eval_every, "maxBatches": 1},
+                "tracking": {"tensorboard": False},
             }
         )
         spec = CPTJobSpec.model_validate(doc["spec"])
         prepared = prepare(spec.resolved(), Storage()).sources
         times = StepTimes(synchronize=device.type == "cuda")
-        stamps = times.stamps
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        began = time.perf_counter()
         trainer = Trainer(spec, prepared, S3Settings(), RunContext(job="bench-gpu"), hooks=[times])
         trainer.setup()
-        batches = [
-            trainer.data.loader.micro_batch(s, m)
-            for s in range(args.steps + args.warmup)
-            for m in range(trainer.accumulation)
-        ]
+        startup = time.perf_counter() - began
+        batches = [trainer.data.loader.micro_batch(s, m) for s in range(total) for m in range(trainer.accumulation)]
         params = sum(p.numel() for p in trainer.engine.module.parameters())
+        fit_began = time.perf_counter()
         trainer.fit()
-        ours_tokens_s = args.steps * rows * args.seq_len / (stamps[args.steps + args.warmup] - stamps[args.warmup])
+        fit_seconds = time.perf_counter() - fit_began
+        peak_memory = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+        stamps = times.stamps
+        seconds = {s: stamps[s] - stamps[s - 1] for s in range(args.warmup + 1, total + 1)}
+        evals = {s for s in seconds if s % eval_every == 0 or s == total}
+        ckpts = {s for s in seconds if s % ckpt_every == 0 or s == total}
+        steady = statistics.median(v for s, v in seconds.items() if s not in evals | ckpts)
+        ckpt_stall = statistics.median(seconds[s] - steady for s in ckpts - evals) if ckpts - evals else None
+        eval_cost = statistics.median(seconds[s] - steady for s in evals - ckpts) if evals - ckpts else None
         del trainer
-        torch.cuda.empty_cache() if device.type == "cuda" else None
-
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(spec.model.source)).to(device)
-        optim = torch.optim.AdamW(
-            model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=device.type == "cuda"
-        )
-        tensors = [
-            {k: torch.from_numpy(getattr(b, k)).to(device) for k in ("input_ids", "labels", "position_ids")}
-            for b in batches
-        ]
-
-        def bare_step(step: int) -> None:
-            for micro in range(args.accumulation):
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    loss = model(**tensors[step * args.accumulation + micro]).loss / args.accumulation
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optim.step()
-            optim.zero_grad(set_to_none=True)
-
-        for step in range(args.warmup):
-            bare_step(step)
         if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for step in range(args.warmup, args.warmup + args.steps):
-            bare_step(step)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        bare_tokens_s = args.steps * rows * args.seq_len / (time.perf_counter() - t0)
+            torch.cuda.empty_cache()
+        bare_steady = bare_loop(spec, batches, accumulation, args, device)
 
+    tokens = rows * seq_len
+    ours, bare = tokens / steady, tokens / bare_steady
     peak = peak_flops(args.peak_tflops)
-    results.update(
-        {
-            "params": params,
-            "seq_len": args.seq_len,
-            "tokens_per_step": rows * args.seq_len,
-            "ours_tokens_per_s_per_gpu": ours_tokens_s,
-            "bare_tokens_per_s_per_gpu": bare_tokens_s,
-            "ratio": ours_tokens_s / bare_tokens_s,
-            "ours_mfu": 6 * params * ours_tokens_s / peak if peak else None,
-            "bare_mfu": 6 * params * bare_tokens_s / peak if peak else None,
-        }
-    )
-    print(f"\n== GPU: {results['device']}, {params / 1e9:.2f} B params, seq {args.seq_len}, {rows} rows/step ==")
+    flops_6n, flops_attn = flops_per_token(params, config, seq_len)
+    result = {
+        "seq_len": seq_len,
+        "params": params,
+        "rows_per_step": rows,
+        "micro_batch": micro,
+        "steady_step_s": steady,
+        "bare_steady_step_s": bare_steady,
+        "ours_tokens_per_s_per_gpu": ours,
+        "bare_tokens_per_s_per_gpu": bare,
+        "ratio": ours / bare,
+        "ours_mfu": flops_attn * ours / peak if peak else None,
+        "bare_mfu": flops_attn * bare / peak if peak else None,
+        "ours_mfu_6n": flops_6n * ours / peak if peak else None,
+        "checkpoint_stall_s": ckpt_stall,
+        "evaluation_s": eval_cost,
+        "evaluation_share_at_interval_50": eval_cost / (50 * steady) if eval_cost is not None else None,
+        "startup_s": startup,
+        "fit_s": fit_seconds,
+        "peak_gpu_memory_gb": peak_memory / 1e9 if peak_memory else None,
+    }
+    mfu = lambda v: f", MFU {v:.1%}" if v is not None else ""  # noqa: E731
     print(
-        f"ours (Trainer, DeepSpeed ZeRO-2, bf16): {ours_tokens_s:,.0f} tokens/s/GPU"
-        + (f", MFU {results['ours_mfu']:.1%}" if peak else "")
+        f"\n== {'GPU' if device.type == 'cuda' else 'CPU smoke'}: {params / 1e9:.2f} B params, seq {seq_len}, {rows} rows/step =="
     )
     print(
-        f"bare PyTorch loop (AdamW, autocast bf16): {bare_tokens_s:,.0f} tokens/s/GPU"
-        + (f", MFU {results['bare_mfu']:.1%}" if peak else "")
+        f"ours (Trainer, DeepSpeed ZeRO-2): steady step {steady:.3f} s, {ours:,.0f} tokens/s/GPU{mfu(result['ours_mfu'])}"
     )
-    print(f"ratio ours/bare: {results['ratio']:.2f}")
-    out = ROOT / "bench" / "results" / ("gpu-smoke.json" if args.cpu_smoke else "gpu.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    print(
+        f"bare loop (same kernels, fused AdamW): {bare_steady:.3f} s, {bare:,.0f} tokens/s/GPU{mfu(result['bare_mfu'])}"
+    )
+    print(f"ratio ours/bare: {result['ratio']:.3f}")
+    if ckpt_stall is not None:
+        print(f"checkpoint stall: {ckpt_stall:.3f} s")
+    if eval_cost is not None:
+        print(
+            f"evaluation: {eval_cost:.3f} s = {result['evaluation_share_at_interval_50']:.2%} of step time at interval 50"
+        )
+    print(
+        f"start-up (setup): {startup:.1f} s"
+        + (f", peak GPU memory {result['peak_gpu_memory_gb']:.1f} GB" if peak_memory else "")
+    )
+    return result
+
+
+def bare_loop(spec: Any, batches: list[Any], accumulation: int, args: Any, device: torch.device) -> float:
+    """The median steady step of a bare PyTorch loop on the same model and batches."""
+    import statistics
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(spec.model.source)).to(device)
+    optim = torch.optim.AdamW(
+        model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=device.type == "cuda"
+    )
+    tensors = [
+        {k: torch.from_numpy(getattr(b, k)).to(device) for k in ("input_ids", "labels", "position_ids")}
+        for b in batches
+    ]
+    durations = []
+    for step in range(len(tensors) // accumulation):
+        began = time.perf_counter()
+        for micro in range(accumulation):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = model(**tensors[step * accumulation + micro]).loss / accumulation
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        durations.append(time.perf_counter() - began)
+    return statistics.median(durations[args.warmup :])
 
 
 if __name__ == "__main__":

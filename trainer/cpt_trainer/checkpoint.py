@@ -137,6 +137,9 @@ class PendingUpload:
     seconds: float = 0.0
     bytes: int = 0
     save_seconds: float = 0.0
+    """The stall: the loop waited this long (a snapshot to host memory)."""
+    write_seconds: float = 0.0
+    """Serialising the snapshot to local disk, in the background."""
     files: dict[str, dict[str, Any]] | None = None
 
 
@@ -315,6 +318,11 @@ class CheckpointStore:
         def upload() -> None:
             began = time.monotonic()
             try:
+                # The engine may still be serialising its snapshot (snapshot.py): wait for every byte.
+                flush = getattr(getattr(engine, "checkpoint_engine", None), "flush", None)
+                if flush is not None:
+                    flush()
+                pending.write_seconds = time.monotonic() - began
                 # Hashed here, in the background, from the very files that are uploaded: the manifest.
                 pending.files = digest_dir(local)
                 pending.bytes = self.storage.upload_dir(local, target)

@@ -40,8 +40,13 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def deepspeed_config(spec: CPTJobSpec, world: int, dtype: torch.dtype) -> dict[str, Any]:
-    """The DeepSpeed config for this job (pure; unit-tested)."""
+def deepspeed_config(spec: CPTJobSpec, world: int, dtype: torch.dtype, cuda: bool | None = None) -> dict[str, Any]:
+    """The DeepSpeed config for this job (pure given `cuda`; unit-tested).
+
+    On GPUs: torch's fused AdamW (one kernel for all parameters), and no per-parameter overflow scan
+    in bf16 -- bf16 needs no loss scaling, and the step's NaN guard (step.py) already stops a run whose
+    loss is not finite (a NaN weight update shows up as a NaN loss one step later, before any save)."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
     rows, accumulation = batch_geometry(spec, world)
     training = spec.training
     zero: dict[str, Any] = {
@@ -53,14 +58,14 @@ def deepspeed_config(spec: CPTJobSpec, world: int, dtype: torch.dtype) -> dict[s
         zero["stage3_gather_16bit_weights_on_model_save"] = False
     offload = spec.deepspeed.offload_optimizer == "cpu"
     if offload:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cuda}
     config: dict[str, Any] = {
         "train_batch_size": rows,
         "train_micro_batch_size_per_gpu": training.micro_batch_size,
         "gradient_accumulation_steps": accumulation,
         "gradient_clipping": training.grad_clip,
         "zero_optimization": zero,
-        "bf16": {"enabled": dtype == torch.bfloat16},
+        "bf16": {"enabled": dtype == torch.bfloat16, **({"check_grad_overflow": False} if cuda else {})},
         "fp16": {"enabled": dtype == torch.float16, "initial_scale_power": 16},
         "optimizer": {
             "type": "AdamW",
@@ -71,6 +76,7 @@ def deepspeed_config(spec: CPTJobSpec, world: int, dtype: torch.dtype) -> dict[s
                 "weight_decay": training.weight_decay,
                 # torch's AdamW unless offloading: no JIT-compiled fused op is needed.
                 **({} if offload else {"torch_adam": True, "adam_w_mode": True}),
+                **({"fused": True} if cuda and not offload else {}),
             },
         },
         "steps_per_print": 2**31 - 1,
@@ -113,6 +119,10 @@ def init_distributed_single_process() -> None:
 def create_engine(model: Any, groups: list[dict[str, Any]], config: dict[str, Any]) -> Any:
     import deepspeed
 
+    from .snapshot import SnapshotCheckpointEngine
+
     prepare_deepspeed_runtime()
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=config)
+    # Checkpoints stall the loop only for a copy to host memory; serialising happens in the background.
+    engine.checkpoint_engine = SnapshotCheckpointEngine(engine._config)
     return engine

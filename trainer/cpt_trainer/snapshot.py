@@ -1,0 +1,96 @@
+"""Checkpoints that stop training only for a copy: DeepSpeed's shards are snapshotted to host memory
+(pinned, reused across checkpoints, on GPUs) and serialised to disk by a background thread.
+
+DeepSpeed writes a checkpoint through its `CheckpointEngine.save(state_dict, path)`; the default
+engine runs `torch.save` there, in the training loop, which is the stall (19.5 s for a ~12 GB
+checkpoint of a 0.88 B model on one H200). This engine keeps the file layout (the same `torch.save`
+of the same state dicts, so `load_checkpoint` and resume are unchanged) and moves the serialisation
+off the loop: `save` copies every tensor to host memory -- device-to-host copies on the GPU's stream,
+one synchronisation at the end -- and queues the write. The uploader waits for `flush()` before it
+hashes and uploads the files, so COMMITTED still comes after every byte is on storage.
+
+DeepSpeed's own asynchronous writers (`checkpoint.writer.decoupled`) need its `async_io` op
+(libaio, a JIT build); this is the same idea with nothing to compile.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from collections import OrderedDict, defaultdict
+from typing import Any
+
+import torch
+from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+Key = tuple[tuple[int, ...], torch.dtype]
+
+
+class SnapshotCheckpointEngine(TorchCheckpointEngine):
+    def __init__(self, config_params: Any = None) -> None:
+        super().__init__(config_params)
+        self.name = "SnapshotCheckpointEngine"
+        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpt-ckpt-write")
+        self._pending: list[concurrent.futures.Future[None]] = []
+        self._free: dict[Key, list[torch.Tensor]] = defaultdict(list)  # host buffers of earlier checkpoints
+        self._in_use: list[tuple[Key, torch.Tensor]] = []
+        self._lock = threading.Lock()
+        self.pin = torch.cuda.is_available()
+
+    # -- the stall: copy to host ----------------------------------------------------------------
+
+    def _buffer(self, tensor: torch.Tensor) -> torch.Tensor:
+        key = (tuple(tensor.shape), tensor.dtype)
+        with self._lock:
+            free = self._free[key]
+            buffer = free.pop() if free else torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=self.pin)
+            self._in_use.append((key, buffer))
+        return buffer
+
+    def _snapshot(self, value: Any, memo: dict[int, Any]) -> Any:
+        if isinstance(value, torch.Tensor):
+            if id(value) in memo:  # the same tensor twice (tied weights): one copy, as torch.save would
+                return memo[id(value)]
+            copy = self._buffer(value)
+            copy.copy_(value.detach(), non_blocking=self.pin and value.is_cuda)
+            memo[id(value)] = copy
+            return copy
+        if isinstance(value, OrderedDict):  # module state dicts: keep the type torch.load gives back
+            return OrderedDict((k, self._snapshot(v, memo)) for k, v in value.items())
+        if isinstance(value, dict):
+            return {k: self._snapshot(v, memo) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._snapshot(v, memo) for v in value]
+        if isinstance(value, tuple):
+            return tuple(self._snapshot(v, memo) for v in value)
+        return value
+
+    def save(self, state_dict: Any, path: str) -> None:
+        snapshot = self._snapshot(state_dict, {})
+        if self.pin:
+            torch.cuda.current_stream().synchronize()  # the copies are complete before the loop goes on
+        self._pending.append(self._writer.submit(self._write, snapshot, path))
+
+    # -- off the loop: serialise ----------------------------------------------------------------
+
+    def _write(self, snapshot: Any, path: str) -> None:
+        torch.save(snapshot, path, _use_new_zipfile_serialization=self.zipfile_serialization)
+
+    def flush(self) -> None:
+        """Wait for every queued write (raising the first error), then recycle the host buffers."""
+        pending, self._pending = self._pending, []
+        try:
+            for future in pending:
+                future.result()
+        finally:
+            with self._lock:
+                for key, buffer in self._in_use:
+                    self._free[key].append(buffer)
+                self._in_use = []
+
+    def commit(self, info: Any) -> bool:
+        return True  # the files are complete after flush(); the uploader calls it before it reads them
+
+    def cleanup(self) -> None:
+        self.flush()
+        self._writer.shutdown(wait=True)
