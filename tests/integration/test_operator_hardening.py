@@ -362,7 +362,11 @@ def test_each_transition_yields_exactly_one_event(
     set_rayjob_status(cluster, "once-a1", "Complete", "SUCCEEDED")
     wait_for(phase_is(cluster, "once", "Succeeded"))
     time.sleep(1.5)  # later polls add nothing
+    warnings = status(cluster, "once")["warnings"]
+    assert len(warnings) == 2  # a high learning rate and a short run: one event each
+    assert [e["message"] for e in events(cluster, "once") if e["reason"] == "RecommendedPractice"] == warnings
     assert reasons(cluster, "once") == [
+        "RecommendedPractice",
         "RecommendedPractice",
         "Pending",
         "AttemptStarted",
