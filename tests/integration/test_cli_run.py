@@ -52,6 +52,12 @@ def test_cpt_run_trains_reports_and_resumes(tmp_path: Path) -> None:
     assert "attempt 1" in output
     run = tmp_path / "run"
     assert (run / "final" / "model.safetensors").exists()
+    # The model card of the real export, read back with the Hub's parser.
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(run / "final" / "README.md")
+    assert card.data.pipeline_tag == "text-generation" and "continued-pretraining" in card.data.tags
+    assert card.data.datasets and "## Evaluation" in card.text and "domain holdout loss" in card.text
     assert (run / "report" / "loss.png").exists() and (run / "report" / "metrics.jsonl").exists()
     summary = json.loads((run / "report" / "summary.json").read_text())
     assert summary["domainLossAfter"] < summary["domainLossBefore"]
