@@ -113,6 +113,16 @@ docs: setup ## Regenerate docs/api.md, docs/progress.md and the reasons table of
 manifests: setup $(HELM) ## Regenerate the plain kustomize manifests from the Helm chart
 	PATH=$(abspath $(TOOLS)):$$PATH $(BIN)/python hack/render_manifests.py
 
+# Where `make images` tags the images (the chart's image.registry/repository/tag point at them).
+REGISTRY  ?= ghcr.io
+IMAGE_TAG ?= $(shell sed -n 's/^appVersion: "\(.*\)"/\1/p' charts/cpt-operator/Chart.yaml)
+
+.PHONY: images
+images: ## Build the operator and trainer images (needs docker; REGISTRY=..., IMAGE_TAG=...), then push them yourself
+	docker build -f operator/Dockerfile -t $(REGISTRY)/cpt-operator/cpt-operator:$(IMAGE_TAG) .
+	docker build -f trainer/Dockerfile -t $(REGISTRY)/cpt-operator/cpt-trainer:$(IMAGE_TAG) .
+	@echo "push: docker push $(REGISTRY)/cpt-operator/cpt-operator:$(IMAGE_TAG) $(REGISTRY)/cpt-operator/cpt-trainer:$(IMAGE_TAG)"
+
 .PHONY: generate
 generate: crd docs manifests ## Regenerate everything derived from the API models and the chart
 

@@ -1,5 +1,6 @@
-"""Regenerate the references derived from the code: docs/api.md, docs/progress.md, and the
-troubleshooting table of docs/operations.md (between its `reasons:begin` / `reasons:end` markers).
+"""Regenerate the references derived from the code: docs/api.md, docs/progress.md, the
+troubleshooting table of docs/operations.md (between its `reasons:begin` / `reasons:end` markers)
+and the Helm chart's README.md (from its values.yaml comments, hack/chart_readme.py).
 
 `make docs` runs this; tests/unit/test_crd.py fails when a committed file differs from `generated()`.
 """
@@ -12,8 +13,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+sys.path.insert(0, str(ROOT))  # `hack.` is a package both for `make docs` and for the drift test
+
 from cpt_core.api.docs import api_reference, progress_reference  # noqa: E402
 from cpt_core.reasons import reasons_table  # noqa: E402
+
+from hack.chart_readme import chart_readme  # noqa: E402
 
 _REASONS = re.compile(r"(<!-- reasons:begin[^\n]*-->\n).*?(<!-- reasons:end -->)", re.S)
 
@@ -29,13 +34,14 @@ def generated() -> dict[str, str]:
         "docs/api.md": api_reference(),
         "docs/progress.md": progress_reference(),
         "docs/operations.md": splice_reasons((ROOT / "docs" / "operations.md").read_text()),
+        "charts/cpt-operator/README.md": chart_readme(),
     }
 
 
 def main() -> None:
     for relative, text in generated().items():
         path = ROOT / relative
-        if path.read_text() != text:
+        if not path.exists() or path.read_text() != text:
             path.write_text(text)
             print(f"wrote {relative}", file=sys.stderr)
 

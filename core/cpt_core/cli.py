@@ -83,7 +83,21 @@ def _missing(name: str, entry: Entry, exc: ImportError) -> click.Command:
     return missing
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def examples(*lines: str) -> str:
+    """An "Examples:" epilog that click prints verbatim (a \\b paragraph is not rewrapped)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=examples(
+        "cpt validate examples/                  # check manifests before applying them",
+        "cpt run examples/local-tiny.yaml        # train on this machine",
+        "cpt render -n ml-team job.yaml          # the RayJob the operator would create",
+        "cpt COMMAND --help                      # options and examples of one command",
+    ),
+)
 @click.version_option(__version__, prog_name="cpt")
 def main() -> None:
     """Continued pre-training of language models on Kubernetes (and on your laptop)."""
@@ -119,67 +133,134 @@ def needs(command: str, extra: str) -> Iterator[None]:
         fail(f"`cpt {command}` needs the '{extra}' extra: pip install 'cpt-operator[{extra}]' ({exc})")
 
 
-def load_local_job(path: Path, local: bool = True) -> CPTJob:
-    """The job in `path` (relative paths resolved against its directory when `local`), or a clean exit."""
-    from .api.validation import InvalidJob, UnreadableFile, load_job, recommendations
+def load_local_job(path: Path | str, local: bool = True) -> CPTJob:
+    """The one CPTJob in `path` (a file, or `-` for stdin), or a clean exit: the entry of every
+    command that takes one job. Other Kubernetes objects in the file (a Secret, a ConfigMap) are
+    skipped with a note on stderr; relative paths in the spec resolve against the file's directory
+    (the current directory for stdin) when `local`. Problems go to stderr, one line each."""
+    from .api.validation import InvalidJob, UnreadableFile, recommendations
+    from .api.validation import validate as check
+    from .cli_inputs import job_documents, parse, read
 
     try:
-        job = load_job(path, local=local)
+        label, text, base_dir = read(str(path))
+        documents = job_documents([parse(label, text, base_dir)], note)
     except UnreadableFile as exc:
         fail(str(exc), 2)
     except InvalidJob as exc:
         for problem in exc.errors:
-            click.echo(f"{path}: {problem}", err=not local)
+            click.echo(f"{exc.source}: {problem}", err=True)
         sys.exit(1)
+    if len(documents) != 1:
+        fail(f"{label}: expected exactly one CPTJob document (found {len(documents)}); split the file or name one job")
+    report = check(documents[0].doc)
+    if report.job is None:
+        for problem in report.errors:
+            click.echo(f"{documents[0].where}: {problem}", err=True)
+        sys.exit(1)
+    job = report.job
     if local:
+        job.spec = job.spec.with_base_dir(str(base_dir))
         for problem in recommendations(job.spec):
-            click.echo(f"{path}: warning: {problem}", err=True)
+            click.echo(f"{documents[0].where}: warning: {problem}", err=True)
     return job
+
+
+def note(message: str) -> None:
+    """A diagnostic line on stderr (stdout is for results)."""
+    click.echo(message, err=True)
+
+
+#: `-o/--output` of the commands whose result scripts read (validate, render, prepare).
+OUTPUT = click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["text", "json", "yaml"]),
+    default="text",
+    show_default=True,
+    help="Result format on stdout; json and yaml are for scripts.",
+)
 
 
 # --------------------------------------------------------------------------- the contract's commands
 
 
-@click.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.command(
+    epilog=examples(
+        "cpt validate job.yaml                  # one file",
+        "cpt validate examples/                 # every *.yaml, *.yml, *.json in a directory",
+        "kubectl get cptjob my-job -o yaml | cpt validate -",
+        "cpt validate -o json jobs/ | jq '.[] | select(.valid | not)'",
+    )
+)
+@click.argument("files", nargs=-1, required=True)
 @click.option("-q", "--quiet", is_flag=True, help="Print problems only, not the valid files.")
-def validate(files: tuple[Path, ...], quiet: bool) -> None:
+@OUTPUT
+def validate(files: tuple[str, ...], quiet: bool, output: str) -> None:
     """Validate CPTJob manifests against the API (schema, CEL rules, semantic checks).
 
-    Exit status: 0 when every document is valid, 1 when any is invalid, 2 when a file cannot
-    be read. Problems go to stdout, one per line; warnings go to stderr.
+    FILES are manifests, directories (their *.yaml, *.yml and *.json files) or - for stdin.
+    Documents that are other Kubernetes objects (a Secret beside the job) are skipped with a
+    note on stderr.
+
+    Exit status: 0 when every CPTJob is valid, 1 when any is invalid (or an input holds none),
+    2 when an input cannot be read. Problems go to stdout, one per line (with -o json|yaml: one
+    record per document); warnings and notes go to stderr.
     """
-    from .api.validation import InvalidJob, UnreadableFile, load_documents
+    from .api.validation import InvalidJob, UnreadableFile
     from .api.validation import validate as check
+    from .cli_inputs import dump, expand, job_documents, parse, read
 
     invalid = unreadable = False
-    for path in files:
+    results: list[dict[str, Any]] = []
+    try:
+        inputs = expand(files)
+    except UnreadableFile as exc:
+        fail(str(exc), 2)
+    for arg in inputs:
         try:
-            docs = load_documents(path)
+            label, text, base_dir = read(arg)
+            documents = job_documents([parse(label, text, base_dir)], note)
         except UnreadableFile as exc:
-            click.echo(str(exc), err=True)
+            note(str(exc))
             unreadable = True
             continue
         except InvalidJob as exc:
-            for problem in exc.errors:
-                click.echo(f"{path}: {problem}")
+            problems = [str(problem) for problem in exc.errors]
+            results.append({"source": exc.source, "name": None, "valid": False, "errors": problems, "warnings": []})
             invalid = True
             continue
-        for index, doc in enumerate(docs, start=1):
-            where = f"{path}#{index}" if len(docs) > 1 else str(path)
-            report = check(doc)
-            for problem in report.errors:
-                click.echo(f"{where}: {problem}")
-            for problem in report.warnings:
-                click.echo(f"{where}: warning: {problem}", err=True)
-            if report.errors:
-                invalid = True
-            elif not quiet and report.job is not None:
-                click.echo(f"{where}: valid CPTJob '{report.job.metadata.name}'", err=True)
+        if not documents:
+            problem = "no CPTJob document (every document was skipped)"
+            results.append({"source": label, "name": None, "valid": False, "errors": [problem], "warnings": []})
+            invalid = True
+        for document in documents:
+            report = check(document.doc)
+            name = report.job.metadata.name if report.job is not None else None
+            errors, warnings = [str(p) for p in report.errors], [str(p) for p in report.warnings]
+            results.append(
+                {"source": document.where, "name": name, "valid": not errors, "errors": errors, "warnings": warnings}
+            )
+            invalid = invalid or bool(errors)
+    if output != "text":
+        click.echo(dump(results, output), nl=False)
+    for result in results:
+        where = result["source"]
+        for problem in result["errors"] if output == "text" else []:
+            click.echo(f"{where}: {problem}")
+        for problem in result["warnings"]:
+            note(f"{where}: warning: {problem}")
+        if result["valid"] and not quiet:
+            note(f"{where}: valid CPTJob '{result['name']}'")
     sys.exit(2 if unreadable else 1 if invalid else 0)
 
 
-@click.command()
+@click.command(
+    epilog=examples(
+        "cpt crd | kubectl apply --server-side -f -   # when the chart runs with crds.enabled=false",
+        "cpt crd --helm > charts/cpt-operator/templates/crds/cpt.dev_cptjobs.yaml   # make crd",
+    )
+)
 @click.option("--helm", is_flag=True, help="Print the Helm chart's CRD template instead (gated by crds.enabled).")
 def crd(helm: bool) -> None:
     """Print the CPTJob CustomResourceDefinition generated from the API models."""

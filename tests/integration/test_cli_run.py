@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +23,10 @@ def write_job(path: Path, **spec: object) -> Path:
     return path
 
 
-def cpt_run(job: Path) -> subprocess.CompletedProcess[str]:
+def cpt_run(job: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    # capture_output: stdout and stderr are pipes, not a terminal (as in CI, `nohup`, `| tee`).
     return subprocess.run(
-        [sys.executable, "-m", "cpt_core.cli", "run", str(job)],
+        [sys.executable, "-m", "cpt_core.cli", "run", *options, str(job)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -35,13 +37,27 @@ def cpt_run(job: Path) -> subprocess.CompletedProcess[str]:
 def test_cpt_run_trains_reports_and_resumes(tmp_path: Path) -> None:
     # A relative checkpoint.uri is resolved against the file's directory.
     job = write_job(tmp_path / "job.yaml", checkpoint={"uri": "run/"})
-    first = cpt_run(job)
+    first = cpt_run(job, "--progress-seconds", "0")
     output = first.stdout + first.stderr
     assert first.returncode == 0, output[-3000:]
-    assert "domain holdout loss" in output and "general holdout loss" in output
+    # The final report is the result (stdout); progress is a diagnostic (stderr).
+    assert "domain holdout loss" in first.stdout and "general holdout loss" in first.stdout
+    # Without a terminal: plain progress lines while it trains, not a silent wait for the end.
+    running = re.findall(
+        r"^progress: running step (\d+)/30 \(\d+ %\)  loss \d+\.\d+  [\d,]+ tok/s  ETA \d+m\d\ds", first.stderr, re.M
+    )
+    # (The trainer writes its progress file at most every 2 s, so a 30-step run shows one or two.)
+    assert running and len(set(running)) == len(running), first.stderr[-3000:]
+    assert re.search(r"^progress: succeeded step 30/30 \(100 %\)", first.stderr, re.M)
     assert "attempt 1" in output
     run = tmp_path / "run"
     assert (run / "final" / "model.safetensors").exists()
+    # The model card of the real export, read back with the Hub's parser.
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(run / "final" / "README.md")
+    assert card.data.pipeline_tag == "text-generation" and "continued-pretraining" in card.data.tags
+    assert card.data.datasets and "## Evaluation" in card.text and "domain holdout loss" in card.text
     assert (run / "report" / "loss.png").exists() and (run / "report" / "metrics.jsonl").exists()
     summary = json.loads((run / "report" / "summary.json").read_text())
     assert summary["domainLossAfter"] < summary["domainLossBefore"]
@@ -59,7 +75,7 @@ def test_cpt_run_with_a_bad_file_fails_cleanly(tmp_path: Path) -> None:
     bad.write_text((ROOT / "examples" / "local-tiny.yaml").read_text().replace("steps: 30", "steps: 0"))
     result = cpt_run(bad)
     assert result.returncode == 1
-    assert f"{bad}: spec.training.steps: must be > 0 (got 0)" in result.stdout
+    assert f"{bad}: spec.training.steps: must be > 0 (got 0)" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert cpt_run(tmp_path / "nope.yaml").returncode == 2
 

@@ -75,7 +75,7 @@ def test_export_loads_with_transformers_and_has_equal_logits(tmp_path: Path, zer
     assert outcome.state == "succeeded"
     final = tmp_path / "run" / "final"
     assert (final / "model.safetensors").exists() and (final / "tokenizer.json").exists()
-    assert "Data mix" in (final / "README.md").read_text()
+    assert "### Stages and data mixture" in (final / "README.md").read_text()  # the model card (model_card.py)
     exported = AutoModelForCausalLM.from_pretrained(final)
     ids = torch.tensor([[5, 17, 99, 400, 3, 1000, 2047, 12]])
     with torch.no_grad():

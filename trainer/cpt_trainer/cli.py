@@ -8,17 +8,28 @@ from pathlib import Path
 from typing import Any
 
 import click
-from cpt_core.cli import fail, load_local_job, needs, quiet_logging_level, setup_logging
+from cpt_core.cli import OUTPUT, examples, fail, load_local_job, needs, quiet_logging_level, setup_logging
+
+#: FILE of the commands that take one job: a manifest (other objects in it are skipped) or - for stdin.
+JOB_FILE = click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
 
 
-@click.command()
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.command(
+    epilog=examples(
+        "cpt prepare job.yaml                     # tokenize and pack; a second run is a cache hit",
+        "cpt prepare --ray --cpus 8 job.yaml      # tokenize with Ray Data",
+        "cpt prepare -o json job.yaml | jq '.[].uri'",
+    )
+)
+@JOB_FILE
 @click.option("--ray/--no-ray", "use_ray", default=False, help="Tokenize with Ray Data on a local Ray instance.")
 @click.option("--cpus", type=int, default=None, help="CPUs for local Ray (default: all).")
-def prepare(file: Path, use_ray: bool, cpus: int | None) -> None:
+@OUTPUT
+def prepare(file: Path, use_ray: bool, cpus: int | None, output: str) -> None:
     """Tokenize, pack and cache the job's data (what every run does first).
 
-    A second run with the same inputs is a cache hit that does no tokenization.
+    A second run with the same inputs is a cache hit that does no tokenization. One line per
+    source on stdout (with -o json|yaml: one record per source); progress and logs on stderr.
     """
     from cpt_core.storage import S3Settings, Storage, StorageError
 
@@ -42,6 +53,11 @@ def prepare(file: Path, use_ray: bool, cpus: int | None) -> None:
                 report = run_prepare(spec, storage)
         except (DataError, ModelSourceError, StorageError) as exc:
             fail(str(exc))
+    if output != "text":
+        from cpt_core.cli_inputs import dump
+
+        click.echo(dump([_prepared_record(source) for source in report.sources], output), nl=False)
+        return
     for source in report.sources:
         m = source.manifest
         state = "cache hit (verified)" if source.cache_hit else f"tokenized {source.tokenized_documents} documents"
@@ -53,13 +69,45 @@ def prepare(file: Path, use_ray: bool, cpus: int | None) -> None:
         )
 
 
-@click.command()
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def _prepared_record(source: Any) -> dict[str, Any]:
+    """One source of `cpt prepare -o json|yaml` (camelCase, like the API)."""
+    m = source.manifest
+    return {
+        "source": source.name,
+        "cacheHit": bool(source.cache_hit),
+        "rebuilt": source.rebuilt or None,
+        "tokenizedDocuments": source.tokenized_documents,
+        "trainRows": m.train.rows,
+        "sequenceLength": m.sequence_length,
+        "holdoutDocuments": m.holdout.documents,
+        "malformedSkipped": m.skipped.malformed,
+        "uri": str(source.uri),
+    }
+
+
+@click.command(
+    epilog=examples(
+        "cpt run examples/local-tiny.yaml         # train; run it again to resume",
+        "cpt run --cpus 4 job.yaml 2> train.log   # without a terminal: a progress line every 10 s",
+        "cpt run --progress-seconds 60 job.yaml > report.txt   # the final report on stdout",
+    )
+)
+@JOB_FILE
 @click.option("--cpus", type=int, default=None, help="CPUs for the embedded Ray (default: all).")
-def run(file: Path, cpus: int | None) -> None:
+@click.option(
+    "--progress-seconds",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Without a terminal: seconds between plain progress lines on stderr (0: every step).",
+)
+def run(file: Path, cpus: int | None, progress_seconds: float) -> None:
     """Run a CPTJob on this machine: embedded Ray, local paths or S3, live progress, final report.
 
-    Running the same file again resumes from the newest committed checkpoint.
+    Running the same file again resumes from the newest committed checkpoint. Progress goes to
+    stderr: a live bar on a terminal, otherwise a plain line (step/total, loss, tokens/s, ETA)
+    every --progress-seconds.
+
     Exit status: 0 succeeded, 1 failed, 3 stopped (e.g. forgetting detected), 130 interrupted by
     Ctrl-C (SIGINT), 143 interrupted by SIGTERM. On either signal the current step finishes and a
     checkpoint is committed when checkpoint.interruptGraceSeconds allows; a second signal stops at once.
@@ -69,7 +117,7 @@ def run(file: Path, cpus: int | None) -> None:
     with needs("run", "trainer"):
         from .commands import run_local
 
-        code = run_local(job, cpus, str(file))
+        code = run_local(job, cpus, str(file), progress_seconds=progress_seconds)
     sys.exit(code)
 
 
@@ -95,8 +143,14 @@ def _say(message: str) -> None:
     click.echo(message, err=True)
 
 
-@click.command()
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.command(
+    epilog=examples(
+        "cpt synthesize job.yaml                  # QA pairs for every source with synthesize",
+        "cpt synthesize --no-ray job.yaml         # cloze generators run faster without Ray",
+        "cpt synthesize --holdout-probes veloria-qa --output runs/probes/ job.yaml",
+    )
+)
+@JOB_FILE
 @click.option("--ray/--no-ray", "use_ray", default=True, help="Generate with Ray Data on a local Ray (default).")
 @click.option("--workers", type=int, default=None, help="Generator workers (default: the CPUs, or the GPUs).")
 @click.option(

@@ -28,7 +28,9 @@ from .launch import TrainingError, cluster_options, local_options, next_attempt,
 from .reporter import ProgressReporter
 
 log = logging.getLogger(__name__)
+#: Diagnostics and progress (stderr) and the final report (stdout: the result a script keeps).
 console = Console(stderr=True)
+results = Console()
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -42,11 +44,25 @@ def _delta(before: float | None, after: float | None) -> str:
 
 
 class ProgressWatcher:
-    """Polls the progress file (the operator's contract) and renders a live progress bar."""
+    """Polls the progress file (the operator's contract) and shows it on stderr: a live progress bar
+    on a terminal; otherwise (a pipe, a CI log, `nohup`) a plain line every `plain_seconds` with the
+    step, loss, tokens/s and ETA, and one whenever the state changes."""
 
-    def __init__(self, storage: Storage, run_uri: str, job: str, attempt: int, total: int) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        run_uri: str,
+        job: str,
+        attempt: int,
+        total: int,
+        plain: bool | None = None,
+        plain_seconds: float = 10.0,
+    ) -> None:
         self.storage, self.run_uri, self.job, self.attempt = storage, run_uri, job, attempt
         self.stop = threading.Event()
+        self.plain = (not console.is_terminal) if plain is None else plain
+        self.plain_seconds = plain_seconds
+        self.last_line: tuple[float, str, int] | None = None  # (monotonic time, state, step) of the last line
         self.bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -55,6 +71,7 @@ class ProgressWatcher:
             TimeElapsedColumn(),
             console=console,
             transient=False,
+            disable=self.plain,
         )
         self.task = self.bar.add_task("preparing", total=total, info="")
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -80,15 +97,30 @@ class ProgressWatcher:
         if latest:
             info.append(f"domain {_fmt(latest.domain_loss, 3)} general {_fmt(latest.general_loss, 3)}")
         if p.evaluation and p.evaluation.forgetting_detected:
-            info.append("[red]forgetting![/red]")
+            info.append("forgetting!" if self.plain else "[red]forgetting![/red]")
         stages = p.stages or []
         description: str = p.state
         if len(stages) > 1 and p.stage:
             index = next((i for i, s in enumerate(stages) if s.name == p.stage), 0)
             description = f"{p.state} {p.stage} ({index + 1}/{len(stages)})"
+        if self.plain:
+            self._plain_line(p.state, t.step, t.total_steps, description, info)
+            return
         self.bar.update(
             self.task, completed=t.step, total=t.total_steps or None, description=description, info="  ".join(info)
         )
+
+    def _plain_line(self, state: str, step: int, total: int | None, description: str, info: list[str]) -> None:
+        """A line when the state changed, or the step moved and `plain_seconds` have passed."""
+        now = time.monotonic()
+        if self.last_line is not None:
+            when, last_state, last_step = self.last_line
+            if state == last_state and (step == last_step or now - when < self.plain_seconds):
+                return
+        self.last_line = (now, state, step)
+        share = f" ({100 * step / total:.0f} %)" if total else ""
+        print(f"progress: {description} step {step}/{total or '?'}{share}  {'  '.join(info)}", file=sys.stderr)
+        sys.stderr.flush()
 
     def __enter__(self) -> ProgressWatcher:
         self.bar.start()
@@ -119,16 +151,16 @@ def print_summary(p: ProgressFile | None) -> None:
             continue
         change = _delta(before, after) if relative else f"{after - before:+.3f}"
         table.add_row(label, _fmt(before, 4 if relative else 3), _fmt(after, 4 if relative else 3), change)
-    console.print(table)
-    console.print(f"steps {p.progress.step}/{p.progress.total_steps}, tokens {p.progress.tokens:,}")
+    results.print(table)
+    results.print(f"steps {p.progress.step}/{p.progress.total_steps}, tokens {p.progress.tokens:,}")
     if p.reason or p.message:
-        console.print(f"[yellow]{p.reason or ''}[/yellow] {p.message or ''}")
+        results.print(f"[yellow]{p.reason or ''}[/yellow] {p.message or ''}")
     if p.checkpoint:
-        console.print(f"last committed checkpoint: {p.checkpoint.uri} (step {p.checkpoint.step})")
+        results.print(f"last committed checkpoint: {p.checkpoint.uri} (step {p.checkpoint.step})")
     if p.output and p.output.model_uri:
-        console.print(f"model:  {p.output.model_uri}")
+        results.print(f"model:  {p.output.model_uri}")
     if p.output and p.output.report_uri:
-        console.print(f"report: {p.output.report_uri} (metrics.jsonl, loss.png, summary.json)")
+        results.print(f"report: {p.output.report_uri} (metrics.jsonl, loss.png, summary.json)")
 
 
 def summary_rows() -> list[tuple[str, Callable[[EvalResult], float | None], bool]]:
@@ -182,7 +214,7 @@ def print_interrupted(p: ProgressFile | None, again: str) -> None:
     console.print(f"[yellow]interrupted{step}: {again} resumes {where}[/yellow]", soft_wrap=True)
 
 
-def run_local(job: CPTJob, cpus: int | None = None, path: str | None = None) -> int:
+def run_local(job: CPTJob, cpus: int | None = None, path: str | None = None, progress_seconds: float = 10.0) -> int:
     """`cpt run`: an embedded Ray on this machine, the same driver as on a cluster."""
     from .local_ray import local_ray
 
@@ -209,7 +241,14 @@ def run_local(job: CPTJob, cpus: int | None = None, path: str | None = None) -> 
             signals_to(stop),  # a signal while Ray starts abandons the run, and Ray is shut down
             local_ray(num_cpus=cpus),
             signals_to(stop),  # again: ray.init installed its own SIGTERM handler (exit 134, a stack dump)
-            ProgressWatcher(storage, spec.checkpoint.uri, job.metadata.name, attempt, spec.total_steps),
+            ProgressWatcher(
+                storage,
+                spec.checkpoint.uri,
+                job.metadata.name,
+                attempt,
+                spec.total_steps,
+                plain_seconds=progress_seconds,
+            ),
         ):
             final = run_job(job, options, attempt, stop=stop)
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ merged into the base weights, so the result loads with plain `AutoModelForCausal
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from cpt_core.api.v1alpha1 import CPTJobSpec
 from cpt_core.storage import Location, Storage
 
 from .model import DTYPES
+from .model_card import model_card
+
+log = logging.getLogger(__name__)
 
 #: Present while an export is being written (or was interrupted); model loaders refuse such a directory.
 EXPORTING = "EXPORTING"
@@ -36,41 +40,29 @@ def consolidated_state_dict(engine: Any, zero_stage: int) -> dict[str, torch.Ten
     return {k: v.detach() for k, v in engine.module.state_dict().items()}
 
 
-def _model_card(spec: CPTJobSpec, job: str, summary: dict[str, Any]) -> str:
-    from .plan import plan
+def _base_model_dir(spec: CPTJobSpec, storage: Storage) -> Path | None:
+    """The base model's local directory (already in the cache: training loaded it), for its card."""
+    from .sources import resolve
 
-    stages = plan(spec)
-    header = "| source | role | " + " | ".join(f"share in {s.name}" for s in stages) + " | uris |"
-    rule = "|---|---|" + "---|" * len(stages) + "---|"
-    rows = []
-    for source in spec.data.sources:
-        shares = [
-            f"{100 * stage.weights.get(source.name, 0) / max(1, sum(stage.weights.values())):.1f} %" for stage in stages
-        ]
-        rows.append(f"| {source.name} | {source.role.value} | {' | '.join(shares)} | {', '.join(source.uris)} |")
-    mix = "\n".join([header, rule, *rows])
-    metrics = "\n".join(f"| {k} | {v} |" for k, v in summary.items())
-    return f"""---
-library_name: transformers
-tags: [continued-pretraining, cpt-operator]
----
-# {job}
+    try:
+        return resolve(spec.model.source, storage).directory
+    except Exception:
+        return None
 
-Continued pre-training of `{spec.model.source}` ({spec.model.kind} model) with cpt-operator.
 
-## Data mix
+def _push(out: Path, spec: CPTJobSpec, job: str) -> dict[str, Any]:
+    """`export.push`: upload the export; the outcome for cpt_export.json (a failure is not fatal)."""
+    from .hub_push import PushError, push_folder
 
-{mix}
-
-Sequence length {spec.data.sequence_length}, {spec.total_steps} steps of {spec.training.global_batch_tokens} tokens,
-peak learning rate {spec.learning_rate:g} ({spec.training.schedule.type.value} schedule), seed {spec.training.seed}.
-
-## Final metrics
-
-| metric | value |
-|---|---|
-{metrics}
-"""
+    push = spec.checkpoint.export.push
+    assert push is not None
+    try:
+        url = push_folder(out, push, job)
+    except PushError as exc:
+        log.warning("export: %s; the model in final/ is unaffected", exc)
+        return {"repo": push.repo, "error": str(exc)}
+    log.info("export: pushed to %s (%s)", push.repo, url)
+    return {"repo": push.repo, "commit": url}
 
 
 def export_model(
@@ -106,16 +98,18 @@ def export_model(
         generation = getattr(base, "generation_config", None)
         if generation is not None:
             generation.save_pretrained(out)
-        (out / "README.md").write_text(_model_card(spec, job, summary))
+        model_card(spec, job, summary, _base_model_dir(spec, storage)).save(out / "README.md")
         # Readers never take a half-written export: EXPORTING is there from before the first file is
         # replaced until after the last one (and cpt_export.json, the completion record) is written.
         storage.delete_prefix(target)
         storage.write_text(target.join(EXPORTING), json.dumps({"job": job}))
         storage.upload_dir(out, target)
-        storage.write_text(
-            target.join(EXPORT_RECORD), json.dumps({"job": job, "dtype": spec.checkpoint.export.dtype, **summary})
-        )
+        record: dict[str, Any] = {"job": job, "dtype": spec.checkpoint.export.dtype, **summary}
+        storage.write_text(target.join(EXPORT_RECORD), json.dumps(record))
         storage.delete(target.join(EXPORTING))
+        if spec.checkpoint.export.push is not None:  # after the export is complete: it never waits on the Hub
+            record["push"] = _push(out, spec, job)
+            storage.write_text(target.join(EXPORT_RECORD), json.dumps(record))
     return str(target)
 
 

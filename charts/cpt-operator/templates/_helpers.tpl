@@ -26,6 +26,24 @@ app.kubernetes.io/name: {{ include "cpt-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* An image reference from {registry, repository, tag, digest}: (list .Values.image $).
+     global.imageRegistry (a parent chart's mirror) wins over the image's registry; a digest wins
+     over the tag; the tag defaults to the chart's appVersion. */}}
+{{- define "cpt-operator.image" -}}
+{{- $image := index . 0 -}}
+{{- $root := index . 1 -}}
+{{- $registry := (($root.Values.global).imageRegistry) | default $image.registry -}}
+{{- $repository := $image.repository -}}
+{{- if $registry -}}
+{{- $repository = printf "%s/%s" (trimSuffix "/" $registry) $repository -}}
+{{- end -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $repository $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repository ($image.tag | default $root.Chart.AppVersion) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "cpt-operator.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "cpt-operator.fullname" .) .Values.serviceAccount.name -}}

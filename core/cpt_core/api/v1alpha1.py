@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -565,6 +565,27 @@ class DeepSpeedSpec(_Model):
     """Raw DeepSpeed config keys merged over the generated config, for what the spec does not cover."""
 
 
+class HubPushSpec(_Model):
+    """Upload the exported model (`final/`, with its model card) to a Hugging Face Hub model repository."""
+
+    #: The Secret key that holds the token, and the variable the Ray pods receive it in.
+    TOKEN_KEY: ClassVar[str] = "HF_TOKEN"
+    TOKEN_ENV: ClassVar[str] = "CPT_HUB_PUSH_TOKEN"
+
+    repo: Annotated[
+        str,
+        StringConstraints(
+            min_length=3, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
+        ),
+    ]
+    """Repository id `owner/name`; created (with `private`) when it does not exist."""
+    private: bool = True
+    """Create the repository as private (an existing repository keeps its visibility)."""
+    token_secret: DNSLabel | None = None
+    """Secret in the job's namespace with the key HF_TOKEN (a write token); never inlined or logged.
+    `cpt run` reads HF_TOKEN from the environment."""
+
+
 class ExportSpec(_Model):
     """The final Hugging Face model written to `<checkpoint.uri>/final/`."""
 
@@ -574,6 +595,14 @@ class ExportSpec(_Model):
     """Weight file format."""
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     """Precision of the exported weights."""
+    license: (
+        Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._+-]*$")] | None
+    ) = None
+    """License id of the model card (a Hub license id such as `apache-2.0`, `llama3.1`, `other`). Default:
+    the base model's license, read from its model card when it has one."""
+    push: HubPushSpec | None = None
+    """Also upload `final/` to a Hugging Face Hub repository after the export (bounded retries; the model
+    in `final/` stays the result when the upload fails)."""
 
 
 class CheckpointSpec(_Model):

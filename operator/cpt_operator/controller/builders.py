@@ -133,6 +133,10 @@ def _env(job: CPTJob) -> list[dict[str, Any]]:
         for key in keys if name else ():
             ref = {"name": name, "key": key, "optional": True}
             env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+    push = job.spec.checkpoint.export.push
+    if push is not None and push.token_secret:  # the Hub write token for `export.push` (issue 15)
+        ref = {"name": push.token_secret, "key": push.TOKEN_KEY}
+        env.append({"name": push.TOKEN_ENV, "valueFrom": {"secretKeyRef": ref}})
     return env
 
 

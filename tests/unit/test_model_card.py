@@ -1,0 +1,163 @@
+"""The exported model's card, written with huggingface_hub's ModelCard and read back with ModelCard.load
+(the Hub's own parser), and the wiring of `export.push` up to the point where the Hub would be called.
+
+What is not tested: an actual upload. Tests never reach the Hub (and a fake HF_ENDPOINT would be a
+mock of it); `HfApi.create_repo` / `upload_folder` with their retries run only against the real Hub.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from cpt_core.api.validation import parse_job
+from cpt_core.api.validation import validate as check
+from cpt_operator.controller.builders import build_rayjob
+from cpt_operator.controller.settings import OperatorSettings
+from cpt_trainer.hub_push import PushError, push_folder
+from cpt_trainer.model_card import model_card
+from huggingface_hub import ModelCard
+
+from devkit.cluster import rayjob_schema
+
+ROOT = Path(__file__).resolve().parents[2]
+SUMMARY = {
+    "steps": 40,
+    "tokens": 163840,
+    "domainLossBefore": 3.2,
+    "domainLossAfter": 2.5,
+    "generalLossBefore": 2.9,
+    "generalLossAfter": 3.0,
+    "probeF1Before": 0.1,
+    "probeF1After": 0.45,
+    "instructionFollowingBefore": 0.8,
+    "instructionFollowingAfter": 0.75,
+    "generalLossIncrease": 0.0345,
+}
+
+
+def job_doc(example: str = "progressive-tiny.yaml", **export: Any) -> dict[str, Any]:
+    doc = yaml.safe_load((ROOT / "examples" / example).read_text())
+    doc["spec"].setdefault("checkpoint", {}).setdefault("export", {}).update(export)
+    return doc
+
+
+def written_card(tmp_path: Path, doc: dict[str, Any], base_dir: Path | None = None) -> ModelCard:
+    job = parse_job(doc)
+    model_card(job.spec, job.metadata.name, SUMMARY, base_dir).save(tmp_path / "README.md")
+    return ModelCard.load(tmp_path / "README.md")
+
+
+def test_card_metadata_and_recipe_read_back(tmp_path: Path) -> None:
+    doc = job_doc(license="apache-2.0")
+    doc["spec"]["model"]["source"] = "hf://HuggingFaceTB/SmolLM2-135M"
+    card = written_card(tmp_path, doc)
+    data = card.data.to_dict()
+    assert data["base_model"] == "HuggingFaceTB/SmolLM2-135M"
+    assert data["license"] == "apache-2.0"
+    assert data["pipeline_tag"] == "text-generation"
+    assert data["library_name"] == "transformers"
+    assert "continued-pretraining" in data["tags"]
+    uris = [uri for source in doc["spec"]["data"]["sources"] for uri in source["uris"]]
+    assert data["datasets"] == list(dict.fromkeys(uris))
+    # The recipe: every stage with its steps, every source with its share in each stage.
+    job = parse_job(doc)
+    from cpt_trainer.plan import plan
+
+    stages = plan(job.spec)
+    assert len(stages) > 1
+    for stage in stages:
+        assert f"{stage.name} ({stage.steps} steps)" in card.text
+    for source in job.spec.data.sources:
+        assert f"| {source.name} | {source.role.value} |" in card.text
+    assert f"{job.spec.training.global_batch_tokens:,} tokens per step" in card.text
+    assert "163,840 tokens in all" in card.text
+
+
+def test_card_evaluation_table(tmp_path: Path) -> None:
+    card = written_card(tmp_path, job_doc())
+    rows = {line.split("|")[1].strip(): line for line in card.text.splitlines() if line.startswith("| ")}
+    assert rows["domain holdout loss (lower is better)"] == (
+        "| domain holdout loss (lower is better) | 3.2000 | 2.5000 | -0.7000 |"
+    )
+    assert "| 2.9000 | 3.0000 | +0.1000 |" in rows["general holdout loss (lower is better)"]
+    assert "| 0.1000 | 0.4500 | +0.3500 |" in rows["probe F1 (higher is better)"]
+    assert "instruction following (prompt accuracy) (higher is better)" in rows
+    assert not any(label.startswith("chat holdout loss") for label in rows)  # not measured: no row
+
+
+def test_license_and_language_default_to_the_base_models_card(tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "README.md").write_text("---\nlicense: llama3.1\nlanguage: [en, de]\n---\n# Base\n")
+    card = written_card(tmp_path, job_doc(), base)
+    assert card.data.license == "llama3.1" and card.data.language == ["en", "de"]
+    assert "base_model" not in card.data.to_dict()  # a local path is not a Hub id: named in the text only
+    # The job's own license wins.
+    override = written_card(tmp_path, job_doc(license="other"), base)
+    assert override.data.license == "other"
+    # The shipped tiny model has no card: no license is invented.
+    assert written_card(tmp_path, job_doc(), ROOT / "examples" / "models" / "tiny-llama").data.license is None
+
+
+@pytest.mark.parametrize(
+    ("export", "message"),
+    [
+        ({"push": {"repo": "no-owner"}}, "spec.checkpoint.export.push.repo"),
+        ({"push": {"repo": "me/model", "tokenSecret": "Bad_Name"}}, "spec.checkpoint.export.push.tokenSecret"),
+        ({"push": {"repo": "me/model", "token": "hf_abc"}}, "spec.checkpoint.export.push.token"),
+        ({"license": "Apache 2.0"}, "spec.checkpoint.export.license"),
+    ],
+)
+def test_bad_export_fields_name_the_field(export: dict[str, Any], message: str) -> None:
+    report = check(job_doc(**export))
+    assert report.job is None
+    assert any(str(problem).startswith(message) for problem in report.errors), report.errors
+    assert "hf_abc" not in " ".join(map(str, report.errors))
+
+
+def test_the_push_token_reaches_the_ray_pods_by_secret_reference() -> None:
+    doc = job_doc("gpu-8b-instruct.yaml", push={"repo": "acme/legal-8b", "tokenSecret": "hub-token"})
+    rayjob = build_rayjob(parse_job(doc), 1, OperatorSettings(trainer_image="t:1", ray_version="2.60.0"))
+    assert not list(jsonschema.Draft4Validator(rayjob_schema()).iter_errors(rayjob))
+    spec = rayjob["spec"]["rayClusterSpec"]
+    pods = [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+    for pod in pods:
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        assert env["CPT_HUB_PUSH_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hub-token", "key": "HF_TOKEN"}}
+        assert "value" not in env["CPT_HUB_PUSH_TOKEN"]
+
+
+def test_push_without_a_token_fails_in_one_line_before_any_upload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("CPT_HUB_PUSH_TOKEN", raising=False)
+    job = parse_job(job_doc(push={"repo": "acme/model", "tokenSecret": "hub-token"}))
+    push = job.spec.checkpoint.export.push
+    assert push is not None
+    with pytest.raises(PushError) as error:
+        push_folder(tmp_path, push, "job")
+    assert str(error.value) == (
+        "spec.checkpoint.export.push: no Hub token: Secret 'hub-token' (key HF_TOKEN) is empty or missing; "
+        "set it or drop push"
+    )
+
+
+def test_the_upload_child_reports_one_line_and_no_token(tmp_path: Path) -> None:
+    """The child process' own error path, offline: a folder that does not exist fails before any request."""
+    result = subprocess.run(
+        [sys.executable, "-m", "cpt_trainer.hub_push", str(tmp_path / "missing"), "acme/model", "true", "job"],
+        capture_output=True,
+        text=True,
+        env={"HF_TOKEN": "hf_secret_value", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "hf_secret_value" not in result.stderr
