@@ -145,6 +145,19 @@ def test_cel_rejects_bad_batch_geometry(job: dict[str, Any]) -> None:
     ]
 
 
+def test_cel_batch_geometry_uses_the_models_defaults_for_absent_fields(job: dict[str, Any]) -> None:
+    """The CRD declares no defaults, so the server sees absent fields as absent: the rule must not fail on them."""
+    for section, key in (("data", "sequenceLength"), ("training", "microBatchSize"), ("training", "globalBatchTokens")):
+        job["spec"][section].pop(key, None)
+    assert _messages(job) == []  # 1,048,576 tokens = 512 rows of 2048
+    job["spec"]["training"]["globalBatchTokens"] = 3 * 2048
+    assert _messages(job) == []
+    job["spec"]["training"]["globalBatchTokens"] = 3 * 2048 + 1
+    assert _messages(job) == [
+        "spec.training.globalBatchTokens: must be a multiple of spec.data.sequenceLength x spec.training.microBatchSize"
+    ]
+
+
 def test_cel_rejects_long_names(job: dict[str, Any]) -> None:
     job["metadata"]["name"] = "a" * 64
     assert _messages(job) == ["metadata.name: must be at most 63 characters (it is used in label values)"]

@@ -41,6 +41,11 @@ def _uri_rules(path: str, schemes: tuple[str, ...]) -> list[dict[str, str]]:
     ]
 
 
+def _or_default(path: str, model: str, field: str) -> str:
+    """CEL for `self.<path>`, or the model's default when the field is absent."""
+    return f"(has(self.{path}) ? self.{path} : {getattr(api, model).model_fields[field].default})"
+
+
 CEL_RULES: dict[str, list[dict[str, str]]] = {
     "": [
         {
@@ -57,8 +62,10 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
     ],
     "spec": [
         {
-            "rule": "self.training.globalBatchTokens % (self.data.sequenceLength * "
-            "(has(self.training.microBatchSize) ? self.training.microBatchSize : 1)) == 0",
+            # Absent fields take the models' defaults (the CRD declares none, so the server does not fill them).
+            "rule": f"{_or_default('training.globalBatchTokens', 'TrainingSpec', 'global_batch_tokens')} % "
+            f"({_or_default('data.sequenceLength', 'DataSpec', 'sequence_length')} * "
+            f"{_or_default('training.microBatchSize', 'TrainingSpec', 'micro_batch_size')}) == 0",
             "message": "spec.training.globalBatchTokens: must be a multiple of "
             "spec.data.sequenceLength x spec.training.microBatchSize",
             "fieldPath": ".training.globalBatchTokens",
