@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from cpt_core import __version__
 from pydantic import BaseModel, Field
@@ -59,8 +60,8 @@ class OperatorSettings(BaseModel):
     """Containers whose logs are copied per ended attempt at most (driver, head, then workers)."""
     log_copy_timeout_seconds: float = 60.0
     """Upper bound on copying one ended attempt's logs; the RayJob goes (or is kept) after it either way."""
-    log_format: str = "plain"
-    """Log format of the operator: plain, full or json (one JSON object per line)."""
+    log_format: Literal["text", "json"] = "text"
+    """Log format of the operator: text (one line per record) or json (one JSON object per line, kopf's)."""
     s3_endpoint: str | None = None
     """S3 endpoint the operator itself uses instead of spec.storage.endpoint (an operator outside the
     cluster network, e.g. a port-forward); the pods always use spec.storage.endpoint."""
