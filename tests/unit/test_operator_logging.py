@@ -28,7 +28,8 @@ def test_json_logs_are_one_object_per_line(restore_logging: None, capsys: pytest
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1
     record = json.loads(lines[0])
-    assert record["message"] == "ml/legal: reconciliation failed: boom" and record["severity"] == "warn" and "timestamp" in record
+    assert record["message"] == "ml/legal: reconciliation failed: boom"
+    assert record["severity"] == "warn" and "timestamp" in record
 
 
 def test_the_format_is_a_flag_and_an_environment_variable() -> None:
