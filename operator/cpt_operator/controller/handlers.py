@@ -393,6 +393,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, metric
         known = parse_status(json.loads(json.dumps(body.get("status") or {}, default=dict)))[0]
         if is_final(known) and not known.kept_ray_jobs:  # kept RayJobs are deleted when their time is up
             metrics.set_phase(meta["namespace"], meta["name"], known.phase.value if known.phase else None)
+            metrics.observe_job(meta["namespace"], meta["name"], known)
             return None
         return reconciler
 
