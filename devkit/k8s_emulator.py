@@ -18,7 +18,11 @@ and serves the object API itself:
 - deletion with finalizers (deletionTimestamp, removal when the last finalizer goes), uid and
   resourceVersion preconditions (409), and garbage collection of dependents by ownerReferences
   (the kube-controller-manager's job);
-- optional per-resource validators (the CRD schemas and CEL rules) answering 422 Invalid.
+- optional per-resource validators (the CRD schemas and CEL rules) answering 422 Invalid;
+- the pod log subresource (`GET .../pods/NAME/log` with container, tailLines, limitBytes, follow) as
+  the kubelet serves it: text/plain, 400 when a pod of several containers is asked without one,
+  404 once the pod is gone. A log is a file on this machine (`pod_logs`), written by whoever runs
+  the "container" (the KubeRay stand-in).
 
 `EmulatorThread` runs it on a background event loop for synchronous tests.
 """
@@ -36,6 +40,7 @@ import random
 import threading
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp.web
@@ -109,6 +114,8 @@ class FaithfulKubernetes(kmock.KubernetesEmulator):
     requests_seen: set[tuple[str, str, str]] = attrs.field(factory=set)
     #: Called as listener(key, event_type, object) on every write (benchmarks timestamp events with it).
     listeners: list[Callable[[Key, str, dict[str, Any]], None]] = attrs.field(factory=list)
+    #: (namespace, pod, container) -> the file its log is read from (what the kubelet keeps on the node).
+    pod_logs: dict[tuple[str, str, str], Path] = attrs.field(factory=dict)
     _log: list[tuple[int, Key, dict[str, Any]]] = attrs.field(factory=list)
     _rv: int = 0
     _changed: asyncio.Condition | None = None
@@ -281,6 +288,9 @@ class FaithfulKubernetes(kmock.KubernetesEmulator):
 
     async def _remove(self, key: Key, namespace: str | None, name: str, obj: dict[str, Any]) -> dict[str, Any]:
         self.store.pop((key, namespace, name), None)
+        if key == PODS:  # the kubelet's logs go with the pod
+            for log_key in [k for k in self.pod_logs if k[:2] == (namespace, name)]:
+                self.pod_logs.pop(log_key, None)
         self._bump(obj)
         await self._emit(key, "DELETED", obj)
         # Garbage collection of dependents, as the kube-controller-manager does (background cascade).
@@ -318,6 +328,8 @@ class FaithfulKubernetes(kmock.KubernetesEmulator):
         plural = f"{key[2]}/{request.subresource}" if request.subresource else key[2]
         self.requests_seen.add((key[0], plural, verb))
         try:
+            if key == PODS and request.subresource == "log" and method == "GET" and request.name:
+                return await self._pod_log(request, request.namespace or "", request.name)
             if method == "GET" and request.params.get("watch") in ("true", "1"):
                 return await self._watch(request, key)
             if method == "GET" and request.name:
@@ -345,6 +357,51 @@ class FaithfulKubernetes(kmock.KubernetesEmulator):
             raise kmock.KubernetesError(status=405, reason="MethodNotAllowed", message=f"{method} not supported")
         except kmock.KubernetesError as exc:
             return await self._render_error(exc)
+
+    async def _pod_log(self, request: kmock.Request, namespace: str, name: str) -> aiohttp.web.StreamResponse:
+        pod = self.op_get(PODS, namespace, name)
+        containers = [c["name"] for c in (pod.get("spec") or {}).get("containers") or []]
+        container = request.params.get("container") or (containers[0] if len(containers) == 1 else None)
+        if container is None or container not in containers:
+            message = (
+                f"a container name must be specified for pod {name}, choose one of: {containers}"
+                if container is None
+                else f"container {container} is not valid for pod {name}"
+            )
+            raise kmock.KubernetesError(status=400, reason="BadRequest", message=message)
+        path = self.pod_logs.get((namespace, name, container))
+        data = path.read_bytes() if path is not None and path.exists() else b""
+        tail = int(request.params.get("tailLines") or 0)
+        if tail:
+            data = b"".join(data.splitlines(keepends=True)[-tail:])
+        limit = int(request.params.get("limitBytes") or 0)
+        if limit:
+            data = data[:limit]
+        if request.params.get("follow") not in ("true", "1"):
+            return aiohttp.web.Response(body=data, content_type="text/plain")
+        raw = request._raw_request
+        assert raw is not None
+        response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "text/plain"})
+        await response.prepare(raw)
+        await response.write(data)
+        offset = path.stat().st_size if path is not None and path.exists() else 0
+        try:
+            while True:  # until the container ends (its pod's phase is final) or the pod is deleted
+                current = self.store.get((PODS, namespace, name))
+                ended = current is None or (current.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+                if path is not None and path.exists() and path.stat().st_size > offset:
+                    with path.open("rb") as f:
+                        f.seek(offset)
+                        chunk = f.read()
+                    offset += len(chunk)
+                    await response.write(chunk)
+                elif ended:
+                    break
+                else:
+                    await asyncio.sleep(0.2)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return response
 
     async def _write(self, request: kmock.Request, key: Key, method: str) -> dict[str, Any]:
         body = request.data
@@ -484,6 +541,7 @@ RAYJOBS: Key = ("ray.io", "v1", "rayjobs")
 CONFIGMAPS: Key = ("", "v1", "configmaps")
 SECRETS: Key = ("", "v1", "secrets")
 EVENTS: Key = ("", "v1", "events")
+PODS: Key = ("", "v1", "pods")
 NAMESPACES: Key = ("", "v1", "namespaces")
 
 
@@ -497,6 +555,7 @@ def cluster_with_cpt_and_kuberay(rayjob_schema: dict[str, Any] | None = None) ->
     k8s.declare("", "v1", "configmaps", "ConfigMap")
     k8s.declare("", "v1", "secrets", "Secret")
     k8s.declare("", "v1", "events", "Event")
+    k8s.declare("", "v1", "pods", "Pod", subresources=("status", "log"))
     k8s.declare("", "v1", "namespaces", "Namespace", namespaced=False)
 
     def cptjob(new: dict[str, Any], old: dict[str, Any] | None) -> list[str]:

@@ -6,12 +6,23 @@ environment from the emulator's Secrets, runs the entrypoint (`cpt train ...`, w
 local Ray because no RAY_ADDRESS is set), and writes the RayJob status as KubeRay does
 (Initializing -> Running -> Complete/SUCCEEDED or Failed/FAILED). Deleting a RayJob kills its
 process group, as deleting its Ray cluster would.
+
+It also creates the pods KubeRay would, with the names and labels KubeRay gives them, owned by the
+RayJob (KubeRay puts the RayCluster and the submitter Job in between; garbage collection ends the
+same): the submitter pod of the Job (`batch.kubernetes.io/job-name=<rayjob>`, container
+`ray-job-submitter`), whose log is the entrypoint's output as `ray job submit` follows the driver;
+the head (`ray.io/node-type=head`) and one pod per worker replica, from the RayJob's pod templates.
+Their logs are files served by the emulator's pod log API. Only the driver runs anything here (a
+local Ray inside it), so the head's and workers' logs hold a few lines saying so, where KubeRay's
+would hold `ray start` output. The submitter pod ends Succeeded/Failed with the entrypoint; the
+Ray pods stay Running until the RayJob is deleted, as a cluster kept after its job does.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import random
 import shlex
 import signal
 import subprocess
@@ -22,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devkit.k8s_emulator import CONFIGMAPS, RAYJOBS, SECRETS, EmulatorThread
+from devkit.k8s_emulator import CONFIGMAPS, PODS, RAYJOBS, SECRETS, EmulatorThread
 
 
 @dataclass
@@ -32,6 +43,7 @@ class Run:
     process: subprocess.Popen[bytes]
     log: Path
     killed: bool = False
+    submitter: str = ""
 
 
 @dataclass
@@ -116,13 +128,66 @@ class KubeRayStandIn:
             cwd=root,
         )
         self.runs[name] = Run(name, meta["uid"], process, log)
+        cluster_name = f"{name}-{_suffix()}"
+        self.runs[name].submitter = self._pods(rayjob, cluster_name, root, log)
         self._status(
             namespace,
             name,
             jobDeploymentStatus="Running",
             jobStatus="RUNNING",
             dashboardURL=f"http://127.0.0.1:8265/{name}",
+            rayClusterName=cluster_name,
         )
+
+    def _pod(self, rayjob: dict[str, Any], name: str, labels: dict[str, str], spec: dict[str, Any]) -> None:
+        meta = rayjob["metadata"]
+        owner = {"apiVersion": "ray.io/v1", "kind": "RayJob", "name": meta["name"], "uid": meta["uid"]}
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels, "ownerReferences": [owner]},
+            "spec": spec,
+        }
+        self.cluster.create(PODS, pod)
+        self.cluster.patch(PODS, meta["namespace"], name, {"status": {"phase": "Running"}}, subresource="status")
+
+    def _pods(self, rayjob: dict[str, Any], cluster_name: str, root: Path, driver_log: Path) -> str:
+        """The submitter, head and worker pods of the RayJob, with their logs; returns the submitter's name."""
+        namespace, name = rayjob["metadata"]["namespace"], rayjob["metadata"]["name"]
+        logs = self.cluster.emulator.pod_logs
+        submitter = f"{name}-{_suffix()}"
+        labels = {"batch.kubernetes.io/job-name": name, "job-name": name, "ray.io/originated-from-cr-name": name}
+        self._pod(rayjob, submitter, labels, {"containers": [{"name": "ray-job-submitter", "image": "ray"}]})
+        logs[(namespace, submitter, "ray-job-submitter")] = driver_log
+        cluster = rayjob["spec"]["rayClusterSpec"]
+        groups = [("head", "headgroup", f"{cluster_name}-head-{_suffix()}", cluster["headGroupSpec"])]
+        for group in cluster["workerGroupSpecs"]:
+            for _ in range(group.get("replicas", 1)):
+                pod = f"{cluster_name}-{group['groupName']}-worker-{_suffix()}"
+                groups.append(("worker", group["groupName"], pod, group))
+        for node_type, group_name, pod, spec in groups:
+            template = spec["template"]
+            labels = {
+                **(template.get("metadata") or {}).get("labels", {}),
+                "ray.io/cluster": cluster_name,
+                "ray.io/node-type": node_type,
+                "ray.io/group": group_name,
+            }
+            self._pod(rayjob, pod, labels, template["spec"])
+            container = template["spec"]["containers"][0]["name"]
+            path = root / f"{pod}.log"
+            path.write_text(
+                f"[kuberay stand-in] {node_type} of Ray cluster {cluster_name} (RayJob {name}): the stand-in runs no "
+                "`ray start` here; the entrypoint runs a local Ray inside the driver, whose output is the "
+                "submitter pod's log\n"
+            )
+            logs[(namespace, pod, container)] = path
+        return submitter
+
+    def _end_submitter(self, namespace: str, run: Run, code: int) -> None:
+        if run.submitter and self.cluster.get(PODS, namespace, run.submitter) is not None:
+            phase = "Succeeded" if code == 0 else "Failed"
+            self.cluster.patch(PODS, namespace, run.submitter, {"status": {"phase": phase}}, subresource="status")
 
     def _kill(self, run: Run) -> None:
         if run.process.poll() is None:
@@ -146,6 +211,7 @@ class KubeRayStandIn:
                     code = run.process.poll()
                     if code is not None and name not in finished:
                         finished.add(name)
+                        self._end_submitter(key[0], run, code)
                         if code == 0:
                             self._status(*key, jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
                         else:
@@ -156,3 +222,8 @@ class KubeRayStandIn:
             except Exception as exc:
                 print(f"kuberay stand-in: {exc}", file=sys.stderr)
             time.sleep(0.5)
+
+
+def _suffix() -> str:
+    """Five characters as Kubernetes' generateName and KubeRay's cluster names use."""
+    return "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5))

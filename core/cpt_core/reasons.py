@@ -303,6 +303,20 @@ class Reason(str, Enum):
         EVENT,
         "an attempt failed; the event names the cause and the checkpoint step the next attempt resumes from.",
     )
+    LogsCopied = (
+        "LogsCopied",
+        False,
+        EVENT,
+        "the logs of an ended attempt's pods (driver, Ray head, workers) were copied to "
+        "`<checkpoint.uri>/logs/attempt-N/` before its RayJob was deleted.",
+    )
+    LogsNotCopied = (
+        "LogsNotCopied",
+        False,
+        EVENT,
+        "warning: some or all logs of an ended attempt could not be copied (pods gone, API or storage error); the "
+        "message says which and why.",
+    )
     Resumed = ("Resumed", False, EVENT, "`runPolicy.suspend` was set back to false; a new attempt resumes.")
     SpecCorrected = (
         "SpecCorrected",

@@ -21,6 +21,9 @@ from cpt_core.cli import examples, fail, load_local_job, needs, setup_logging
 @click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port, 0 to disable [8080].")
 @click.option("--health-port", type=int, default=None, help="Liveness /healthz port, 0 to disable [8081].")
 @click.option("--poll-seconds", type=float, default=None, help="Progress/RayJob polling interval [10].")
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default=None, help="Log records as text or JSON lines [text]."
+)
 def operator(
     namespaces: tuple[str, ...],
     all_namespaces: bool,
@@ -28,6 +31,7 @@ def operator(
     metrics_port: int | None,
     health_port: int | None,
     poll_seconds: float | None,
+    log_format: str | None,
 ) -> None:
     """Run the operator: reconcile CPTJobs into KubeRay RayJobs.
 
@@ -44,6 +48,7 @@ def operator(
         metrics_port=metrics_port,
         health_port=health_port,
         poll_seconds=poll_seconds,
+        log_format=log_format,
     )
     with needs("operator", "operator"):
         from .controller.app import main as run_operator

@@ -87,6 +87,12 @@ def test_a_stop_request_finishes_the_step_commits_it_and_resumes_exactly(tmp_pat
     assert written.state == "interrupted" and written.reason == "Interrupted"
     assert written.message.startswith(f"interrupted by SIGTERM after step {stopped}; the next run resumes from")
     assert written.checkpoint is not None and written.checkpoint.step == stopped
+    # report/ is written on an interruption too: the curves and metrics up to the stop.
+    assert written.output is not None and written.output.report_uri == f"file://{run}/report/"
+    summary = json.loads((run / "report" / "summary.json").read_text())
+    assert summary["state"] == "interrupted" and summary["steps"] == stopped
+    rows = [json.loads(line) for line in (run / "report" / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in rows if r["kind"] == "train") == stopped and (run / "report" / "loss.png").exists()
 
     resumed = make_trainer(spec_for(run), attempt=2)
     assert resumed.step == stopped

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -16,7 +17,7 @@ from cpt_core.api.progress import CheckpointRef, EvalResult, EvaluationStatus, O
 from cpt_operator.controller.settings import OperatorSettings
 
 from devkit.cluster import cluster_job, create_secret, start_cluster, upload_example_data, wait_for
-from devkit.k8s_emulator import CONFIGMAPS, CPTJOBS, EVENTS, RAYJOBS, EmulatorThread
+from devkit.k8s_emulator import CONFIGMAPS, CPTJOBS, EVENTS, PODS, RAYJOBS, EmulatorThread
 from devkit.seaweed import SeaweedS3
 from tests.support.operator_runner import OperatorThread
 
@@ -38,6 +39,7 @@ def operator(cluster: EmulatorThread, s3: SeaweedS3) -> Iterator[OperatorThread]
         preflight_backoff_seconds=0.5,
         preflight_backoff_max_seconds=2,
         trainer_image="cpt-trainer:test",
+        log_copy_max_bytes=4096,
     )
     thread = OperatorThread(settings, login=kopf.ConnectionInfo(server=cluster.url)).start()
     yield thread
@@ -75,6 +77,20 @@ def set_rayjob_status(cluster: EmulatorThread, name: str, deployment: str, job_s
         {"status": {"jobDeploymentStatus": deployment, "jobStatus": job_status, **extra}},
         subresource="status",
     )
+
+
+def add_pod(cluster: EmulatorThread, rayjob: str, pod: str, labels: dict[str, str], log: Path) -> None:
+    """A pod of the RayJob `rayjob` with one container whose log is the file `log` (what KubeRay and the kubelet
+    would provide; KubeRay does not run in this module)."""
+    owner = cluster.get(RAYJOBS, "ml", rayjob)["metadata"]
+    ref = {"apiVersion": "ray.io/v1", "kind": "RayJob", "name": rayjob, "uid": owner["uid"]}
+    meta = {"name": pod, "namespace": "ml", "labels": labels, "ownerReferences": [ref]}
+    cluster.create(PODS, {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": {"containers": [{"name": "c"}]}})
+    cluster.emulator.pod_logs[("ml", pod, "c")] = log
+
+
+def s3_text(s3: SeaweedS3, key: str) -> str:
+    return s3.client().get_object(Bucket=s3.bucket, Key=key)["Body"].read().decode()
 
 
 def test_create_starts_a_rayjob_and_mirrors_progress_to_success(
@@ -168,7 +184,7 @@ def test_wrong_credentials_and_missing_data_are_preflight_failures(
 
 
 def test_failed_attempt_restarts_from_the_checkpoint(
-    cluster: EmulatorThread, s3: SeaweedS3, operator: OperatorThread
+    cluster: EmulatorThread, s3: SeaweedS3, operator: OperatorThread, tmp_path: Path
 ) -> None:
     create_secret(cluster, s3)
     cluster.create(CPTJOBS, cluster_job(s3, "flaky", runPolicy={"maxRestarts": 1}))
@@ -183,10 +199,27 @@ def test_failed_attempt_restarts_from_the_checkpoint(
     )
     set_rayjob_status(cluster, "flaky-a1", "Running", "RUNNING")
     wait_for(phase_is(cluster, "flaky", "Running"))
+    driver_log, head_log = tmp_path / "driver.log", tmp_path / "head.log"
+    driver_log.write_text("Traceback (most recent call last):\nRuntimeError: worker node lost\n")
+    head_log.write_text("".join(f"head line {i:05d}\n" for i in range(1000)))  # 16 kB, over the 4 kB cap
+    add_pod(cluster, "flaky-a1", "flaky-a1-sub12", {"batch.kubernetes.io/job-name": "flaky-a1"}, driver_log)
+    head = {"cpt.dev/job": "flaky", "cpt.dev/attempt": "1", "ray.io/node-type": "head"}
+    add_pod(cluster, "flaky-a1", "flaky-a1-rc-head-x1", head, head_log)
     set_rayjob_status(cluster, "flaky-a1", "Failed", "FAILED", reason="AppFailed", message="worker node lost")
     st = wait_for(lambda: status(cluster, "flaky").get("attempt") == 2 and status(cluster, "flaky"), what="attempt 2")
     assert st["restarts"] == 1 and st["rayJobName"] == "flaky-a2"
-    wait_for(lambda: cluster.get(RAYJOBS, "ml", "flaky-a1") is None, what="old RayJob deleted")
+    # The failed attempt's evidence: its pods' logs copied (the head's cut to its last 4 kB, marked), its RayJob kept.
+    where = "runs/flaky/logs/attempt-1/"
+    assert st["logsUri"] == f"s3://{s3.bucket}/runs/flaky/logs/"
+    assert "RuntimeError: worker node lost" in s3_text(s3, where + "driver-flaky-a1-sub12-c.log")
+    head_copy = s3_text(s3, where + "head-flaky-a1-rc-head-x1-c.log")
+    assert head_copy.startswith("[cpt-operator: log truncated: the first ") and head_copy.endswith("head line 00999\n")
+    assert len(head_copy.encode()) < 4096 + 200
+    assert json.loads(s3_text(s3, where + "rayjob-status.json"))["status"]["message"] == "worker node lost"
+    assert [k["name"] for k in st["keptRayJobs"]] == ["flaky-a1"]
+    assert cluster.get(RAYJOBS, "ml", "flaky-a1") is not None  # kept for runPolicy.ttlSecondsAfterFinished (1 h)
+    copied = next(e for e in cluster.list(EVENTS, "ml") if e["reason"] == "LogsCopied")
+    assert f"copied to s3://{s3.bucket}/{where}" in copied["message"] and "1 driver, 1 head" in copied["message"]
     assert cluster.get(RAYJOBS, "ml", "flaky-a2")["spec"]["entrypoint"].startswith(
         "cpt train /etc/cpt/job.yaml --attempt 2"
     )
@@ -205,6 +238,22 @@ def test_failed_attempt_restarts_from_the_checkpoint(
     set_rayjob_status(cluster, "flaky-a2", "Failed", "FAILED", reason="AppFailed", message="again")
     st = wait_for(phase_is(cluster, "flaky", "Failed"), what="Failed after maxRestarts")
     assert {c["type"]: c["reason"] for c in st["conditions"]}["Failed"] == "RestartLimitReached"
+    assert [k["name"] for k in st["keptRayJobs"]] == ["flaky-a1", "flaky-a2"]
+    assert ("Warning", "LogsNotCopied") in events_for(cluster, "flaky")  # attempt 2 had no pods to copy from
+
+
+def test_a_kept_rayjob_goes_when_its_ttl_ends_even_after_the_job_failed(
+    cluster: EmulatorThread, s3: SeaweedS3, operator: OperatorThread
+) -> None:
+    create_secret(cluster, s3)
+    cluster.create(CPTJOBS, cluster_job(s3, "brief", runPolicy={"maxRestarts": 0, "ttlSecondsAfterFinished": 2}))
+    wait_for(lambda: cluster.get(RAYJOBS, "ml", "brief-a1"))
+    set_rayjob_status(cluster, "brief-a1", "Failed", "FAILED", reason="AppFailed", message="boom")
+    st = wait_for(phase_is(cluster, "brief", "Failed"), what="Failed")
+    assert [k["name"] for k in st["keptRayJobs"]] == ["brief-a1"]
+    assert cluster.get(RAYJOBS, "ml", "brief-a1") is not None
+    wait_for(lambda: cluster.get(RAYJOBS, "ml", "brief-a1") is None, timeout=15, what="the kept RayJob deleted")
+    wait_for(lambda: status(cluster, "brief").get("keptRayJobs") in (None, []), what="keptRayJobs emptied")
 
 
 def test_suspend_deletes_the_cluster_and_unsuspend_resumes(

@@ -15,7 +15,7 @@ import pytest
 from cpt_operator.controller.settings import OperatorSettings
 
 from devkit.cluster import cluster_job, create_secret, start_cluster, upload_example_data, wait_for
-from devkit.k8s_emulator import CPTJOBS, EVENTS, EmulatorThread
+from devkit.k8s_emulator import CPTJOBS, EVENTS, RAYJOBS, EmulatorThread
 from devkit.kuberay_standin import KubeRayStandIn
 from devkit.seaweed import SeaweedS3
 from tests.support.faults import fault_env
@@ -31,7 +31,7 @@ def stack(s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
 
     # Attempt 1 of "resilient" crashes at step 24 (after committing step 16), also after Ray Train's
     # in-attempt worker restart: the attempt fails and the operator must start attempt 2.
-    faults = {"resilient-a1": fault_env("raise_at_step=24")}
+    faults = {"resilient-a1": fault_env("raise_at_step=24"), "poisoned-a1": fault_env("nan_at_step=6")}
     standin = KubeRayStandIn(cluster, tmp_path_factory.mktemp("kuberay"), extra_env=faults).start()
     settings = OperatorSettings(poll_seconds=1, metrics_port=0, health_port=0, trainer_image="cpt-trainer:test")
     operator = OperatorThread(settings, login=kopf.ConnectionInfo(server=cluster.url)).start()
@@ -122,3 +122,44 @@ def test_failed_attempt_resumes_from_its_checkpoint(
         s3.client().get_object(Bucket=s3.bucket, Key="runs/resilient/_status/progress.json")["Body"].read()
     )
     assert progress["attempt"] == 2 and progress["state"] == "succeeded"
+
+    # Failure evidence: attempt 1's pods' logs were copied before anything was deleted, and its RayJob is
+    # kept (runPolicy.ttlSecondsAfterFinished, 1 h by default) beside attempt 2's.
+    where = "runs/resilient/logs/attempt-1/"
+    keys = _keys(s3, where)
+    [driver] = [k for k in keys if k.startswith(where + "driver-resilient-a1-")]
+    assert "injected fault after step 24" in _text(s3, driver)
+    assert any(k.startswith(where + "head-") for k in keys) and any(k.startswith(where + "worker-") for k in keys)
+    assert json.loads(_text(s3, where + "rayjob-status.json"))["status"]["jobDeploymentStatus"] == "Failed"
+    copied = next(e for e in events if e["reason"] == "LogsCopied")
+    assert "logs of attempt 1 (1 driver, 1 head, 1 worker) copied to" in copied["message"]
+    assert st["logsUri"] == f"s3://{s3.bucket}/runs/resilient/logs/"
+    assert [k["name"] for k in st["keptRayJobs"]] == ["resilient-a1"]
+    assert cluster.get(RAYJOBS, "ml", "resilient-a1") is not None
+
+
+def test_a_failed_job_keeps_its_report_and_logs_and_its_rayjob_for_the_ttl(
+    stack: tuple[EmulatorThread, KubeRayStandIn], s3: SeaweedS3
+) -> None:
+    cluster, standin = stack
+    doc = e2e_job(s3, "poisoned")
+    doc["spec"]["runPolicy"] = {"ttlSecondsAfterFinished": 5}
+    cluster.create(CPTJOBS, doc)
+    st = _until_terminal(cluster, standin, "poisoned", timeout=300)
+    assert st["phase"] == "Failed", (st, _log(standin, "poisoned-a1"))
+    assert {c["type"]: c["reason"] for c in st["conditions"]}["Failed"] == "NonFiniteLoss"
+    # report/ on failure: the curves up to the failure, and the status says where.
+    assert st["output"]["reportUri"] == f"s3://{s3.bucket}/runs/poisoned/report/"
+    assert json.loads(_text(s3, "runs/poisoned/report/summary.json"))["state"] == "failed"
+    assert _exists(s3, "runs/poisoned/report/loss.png") and _exists(s3, "runs/poisoned/report/metrics.jsonl")
+    assert any(k.startswith("runs/poisoned/logs/attempt-1/driver-") for k in _keys(s3, "runs/poisoned/logs/"))
+    wait_for(lambda: cluster.get(RAYJOBS, "ml", "poisoned-a1") is None, timeout=30, what="RayJob deleted after its TTL")
+
+
+def _keys(s3: SeaweedS3, prefix: str) -> list[str]:
+    listed = s3.client().list_objects_v2(Bucket=s3.bucket, Prefix=prefix)
+    return [o["Key"] for o in listed.get("Contents", [])]
+
+
+def _text(s3: SeaweedS3, key: str) -> str:
+    return s3.client().get_object(Bucket=s3.bucket, Key=key)["Body"].read().decode(errors="replace")

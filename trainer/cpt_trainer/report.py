@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
+from cpt_core.api.progress import OutputStatus
 from cpt_core.storage import Location, Storage
+
+log = logging.getLogger(__name__)
 
 
 def loss_plot(metrics: list[dict[str, Any]], stages: Sequence[tuple[str, int]] = ()) -> bytes:
@@ -75,3 +79,21 @@ def write_report(
     storage.write_bytes(target.join("loss.png"), loss_plot(metrics, stages))
     storage.write_text(target.join("summary.json"), json.dumps(summary, indent=2))
     return str(target)
+
+
+def run_report(trainer: Any, state: str, summary: dict[str, Any]) -> str:
+    """The trainer's report/ with its metrics so far; how the run ended (`state`) goes into summary.json."""
+    stages = [(s.name, s.start) for s in trainer.stages] if len(trainer.stages) > 1 else []
+    target = trainer.store.run.join("report/")
+    return write_report(trainer.storage, target, trainer.state.metrics, {"state": state, **summary}, stages=stages)
+
+
+def ending_report(trainer: Any, state: str) -> OutputStatus | None:
+    """report/ when a run ends other than by success: written as far as it got, never raising (the ending
+    itself, not a report failure, is what the operator must see)."""
+    try:
+        summary = {**trainer.training_summary(), **trainer.evaluator.summary()}
+        return OutputStatus(report_uri=run_report(trainer, state, summary))
+    except Exception as exc:
+        log.warning("report/ not written after the run %s: %s", state, exc)
+        return None

@@ -28,6 +28,7 @@ from cpt_core.api.v1alpha1 import CPTJobSpec
 from cpt_core.reasons import Reason
 from cpt_core.storage import S3Settings, Storage
 
+from . import report as run_reports
 from .checkpoint import CheckpointStore, FencedOut
 from .checkpointer import Checkpointer
 from .context import RunContext
@@ -198,6 +199,9 @@ class Trainer:
             return Outcome("failed", self.state.step, Reason.FencedOut, str(exc), losses=self.state.losses)
         except Interrupted as exc:
             return self.interrupted(exc.signal_name)
+        except Exception:
+            self.partial_report("failed")  # the curves up to the crash, for whoever reads why it failed
+            raise
         finally:
             self.stop_signal.close()
 
@@ -333,15 +337,7 @@ class Trainer:
                 self.engine, self.spec, self.tokenizer, self.storage, target, self.ctx.job, summary
             )
         if self.ctx.leader:
-            from .report import write_report
-
-            report_uri = write_report(
-                self.storage,
-                self.store.run.join("report/"),
-                self.state.metrics,
-                summary,
-                stages=[(s.name, s.start) for s in self.stages] if len(self.stages) > 1 else [],
-            )
+            report_uri = run_reports.run_report(self, "succeeded", summary)
             self.report("succeeded", force=True, output=OutputStatus(model_uri=model_uri, report_uri=report_uri))
         self.tracker.close()
         self.ctx.barrier()
@@ -357,7 +353,8 @@ class Trainer:
             f"stopped at step {self.state.step} with checkpoint {self.checkpointer.describe()}. Add replay data, "
             "lower the learning rate, use forgetting.action: adapt, or raise the limits in evaluation.forgetting"
         )
-        self.report("stopped", reason=Reason.ForgettingDetected, message=message, force=True)
+        output = self.partial_report("stopped")
+        self.report("stopped", reason=Reason.ForgettingDetected, message=message, force=True, output=output)
         self.tracker.close()
         return Outcome("stopped", self.state.step, Reason.ForgettingDetected, message, losses=self.state.losses)
 
@@ -373,14 +370,15 @@ class Trainer:
             else "the start (no checkpoint was committed yet)"
         )
         log.warning("%s", message)
-        self.report("interrupted", reason=Reason.Interrupted, message=message, force=True)
+        output = self.partial_report("interrupted")
+        self.report("interrupted", reason=Reason.Interrupted, message=message, force=True, output=output)
         self.tracker.close()
         return Outcome("interrupted", step, Reason.Interrupted, message, losses=self.state.losses)
 
     def fail(self, reason: Reason, message: str) -> Outcome:
         """Record a failure no restart can fix (rank 0 writes it; the operator ends the job)."""
         log.error("%s: %s", reason.value, message)
-        self.report("failed", reason=reason, message=message, force=True)
+        self.report("failed", reason=reason, message=message, force=True, output=self.partial_report("failed"))
         self.tracker.close()
         return Outcome("failed", self.state.step, reason, message, losses=self.state.losses)
 
@@ -430,6 +428,10 @@ class Trainer:
             stage=self.stage_at(min(self.state.step, self.total_steps - 1)).name,
             stages=self.stage_log.status(self.state.step),
         )
+
+    def partial_report(self, state: str) -> OutputStatus | None:
+        """report/ on an ending other than success (stop, interruption, failure): best effort, never masks it."""
+        return run_reports.ending_report(self, state) if self.ctx.leader else None
 
     def training_summary(self) -> dict[str, int]:
         return {"steps": self.state.step, "tokens": self.state.step * self.rows * self.spec.data.sequence_length}

@@ -1073,6 +1073,17 @@ class Condition(_Model):
     """The .metadata.generation the condition was set for."""
 
 
+class KeptRayJob(_Model):
+    """An ended attempt's RayJob, kept for inspection (`kubectl describe`, its pods' logs) for a while."""
+
+    name: str
+    """The RayJob."""
+    uid: str | None = None
+    """Its uid: only that object is deleted, never a namesake."""
+    delete_after: str
+    """When the operator deletes it: runPolicy.ttlSecondsAfterFinished after the attempt ended (RFC 3339)."""
+
+
 class CPTJobStatus(_Model):
     """Observed state of a CPTJob, written by the operator."""
 
@@ -1116,6 +1127,10 @@ class CPTJobStatus(_Model):
     """Consecutive failed storage preflights (drives the retry backoff)."""
     next_preflight_time: str | None = None
     """When the next preflight is due after a failure (RFC 3339)."""
+    logs_uri: str | None = None
+    """Where the pod logs of ended attempts are copied, one folder per attempt (`attempt-N/`)."""
+    kept_ray_jobs: list[KeptRayJob] = Field(default_factory=list)
+    """Ended attempts' RayJobs kept until their deleteAfter (runPolicy.ttlSecondsAfterFinished)."""
 
 
 class ObjectMeta(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import kopf
@@ -39,7 +40,20 @@ async def run_operator(
     )
 
 
+def configure_logging(log_format: str) -> None:
+    """Records on stderr as text, or as JSON with kopf's formatter (one object per line, with the
+    Kubernetes object a record is about under "k8s"); our loggers at INFO, libraries at WARNING."""
+    if log_format == "json":
+        kopf.configure(log_format=kopf.LogFormat.JSON, log_refkey="k8s")
+        root = logging.getLogger()
+        root.handlers[:] = [h for h in root.handlers if type(h).__name__ == "_KopfStreamHandler"]
+        root.setLevel(logging.WARNING)
+    for name in ("cpt_core", "cpt_operator"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def main(settings: OperatorSettings) -> None:
+    configure_logging(settings.log_format)
     metrics = Metrics()
     metrics.serve(settings.metrics_port)
     asyncio.run(run_operator(settings, metrics))

@@ -17,12 +17,9 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import logging
-import os
 import time
-from collections.abc import Mapping
 from typing import Any, cast
 
 import kopf
@@ -30,10 +27,11 @@ from cpt_core.api import v1alpha1 as api
 from cpt_core.api.progress import Progress, UnreadableProgress, load_progress
 from cpt_core.api.validation import Report, validate
 from cpt_core.reasons import Reason
-from cpt_core.storage import S3Settings, Storage, StorageError, Unreachable
+from cpt_core.storage import Storage, StorageError, Unreachable
 from pydantic import ValidationError
 
 from .builders import CREDENTIAL_KEYS, build_configmap, build_rayjob
+from .evidence import copy_attempt_logs
 from .kube import ApiError, ForeignObject, Kube
 from .metrics import Metrics
 from .preflight import check_storage
@@ -43,15 +41,19 @@ from .state import (
     CreateAttempt,
     Decision,
     DeleteRayJob,
+    Event,
     Observed,
     PreflightResult,
     Problem,
+    current_rayjob_name,
+    expire_kept,
     is_final,
     needs_preflight,
     parse_time,
     preflight_backoff,
     reconcile,
 )
+from .storage_clients import storage_for
 from .storage_io import StorageGate
 
 log = logging.getLogger(__name__)
@@ -75,40 +77,9 @@ def _status_patch(old: dict[str, Any], new: dict[str, Any], top: bool = True) ->
     return patch
 
 
-_STORAGE: dict[tuple[str, ...], Storage] = {}
 CPTJOBS = (api.GROUP, api.VERSION, api.PLURAL)
 RAYJOBS = ("ray.io", "v1", "rayjobs")
 _STATUS_FIELDS = {field.alias or key for key, field in api.CPTJobStatus.model_fields.items()}
-
-
-def storage_for(spec: api.StorageSpec, secret: Mapping[str, str | None] | None, settings: OperatorSettings) -> Storage:
-    """A Storage per (endpoint, region, credentials): creating a boto3 client costs ~100 ms and ~10 MB,
-    so jobs that share a Secret share a client (boto3 clients are thread-safe). The operator's clients
-    have short timeouts and few retries: a dead endpoint must cost seconds, not minutes."""
-    env = {k: v for k, v in secret.items() if v is not None} if secret is not None else dict(os.environ)
-    s3 = S3Settings.from_spec(spec, {**env, "AWS_REGION": spec.region})
-    s3 = dataclasses.replace(
-        s3,
-        endpoint=settings.s3_endpoint or s3.endpoint,
-        connect_timeout=settings.s3_connect_timeout_seconds,
-        read_timeout=settings.s3_read_timeout_seconds,
-        max_attempts=settings.s3_max_attempts,
-    )
-    key = (
-        str(s3.endpoint),
-        s3.region,
-        s3.addressing_style,
-        str(s3.access_key_id),
-        hashlib.sha256(str(s3.secret_access_key).encode()).hexdigest(),
-        str(s3.session_token),
-        f"{s3.connect_timeout}/{s3.read_timeout}/{s3.max_attempts}",
-    )
-    storage = _STORAGE.get(key)
-    if storage is None:
-        if len(_STORAGE) > 64:
-            _STORAGE.clear()
-        storage = _STORAGE[key] = Storage(s3)
-    return storage
 
 
 def parse_status(raw: Any) -> tuple[api.CPTJobStatus, list[str]]:
@@ -224,6 +195,10 @@ class Reconciler:
             job.status = status
             if is_final(status) and not reset:
                 self.metrics.set_phase(namespace, name, status.phase.value if status.phase else None)
+                self.metrics.observe_job(namespace, name, status)
+                for deletion in expire_kept(status, now):  # its kept RayJobs still go when their time is up
+                    await self.kube.delete(*RAYJOBS, namespace, deletion.name, uid=deletion.uid)
+                    await self.kube.patch_status(*CPTJOBS, namespace, name, {"keptRayJobs": _kept(status)})
                 return
             decision = await self._decide(job, report, now)
         new_status = decision.status.model_dump(by_alias=True, exclude_none=True, mode="json")
@@ -233,6 +208,7 @@ class Reconciler:
         for event in decision.events:  # after the status write: a failed write is retried without duplicate events
             kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message[:1000])
         self.metrics.set_phase(namespace, name, decision.status.phase.value if decision.status.phase else None)
+        self.metrics.observe_job(namespace, name, decision.status)
         self.metrics.reconcile_seconds.observe(time.monotonic() - started)
 
     async def _decide(self, job: api.CPTJob, report: Report, now: dt.datetime) -> Decision:
@@ -241,7 +217,7 @@ class Reconciler:
         secret_name = spec.storage.credentials_secret
         keys = [key for key, _ in CREDENTIAL_KEYS]
         secret = await self.kube.secret_data(namespace, secret_name, keys) if secret_name else None
-        rayjob, foreign = await self._rayjob(namespace, status.ray_job_name, meta.uid)
+        rayjob, foreign = await self._rayjob(namespace, current_rayjob_name(status), meta.uid)
         storage = storage_for(spec.storage, secret if secret_name else None, self.settings)
 
         progress, problem = None, None
@@ -260,10 +236,10 @@ class Reconciler:
         warnings = [str(w) for w in report.warnings]
         observed = Observed(rayjob, progress, preflight, now, progress_problem=problem, foreign_rayjob=foreign)
         decision = reconcile(job, observed, warnings=warnings)
-        blocked = await self._act(decision, job)
+        blocked = await self._act(decision, job, storage, rayjob)
         if blocked is not None:  # the attempt could not be created: decide again knowing why
             decision = reconcile(job, dataclasses.replace(observed, launch_blocked=blocked), warnings=warnings)
-            await self._act(decision, job)
+            await self._act(decision, job, storage, rayjob)
         if decision.status.preflight_failures and decision.status.next_preflight_time is None:
             delay = preflight_backoff(
                 decision.status.preflight_failures,
@@ -282,10 +258,16 @@ class Reconciler:
         except ForeignObject as exc:
             return None, str(exc)
 
-    async def _act(self, decision: Decision, job: api.CPTJob) -> Problem | None:
+    async def _act(
+        self, decision: Decision, job: api.CPTJob, storage: Storage, rayjob: dict[str, Any] | None
+    ) -> Problem | None:
         """Carry out the decision's actions. A launch that cannot happen returns why (a foreign object, a
         rejected RayJob): the state machine reports it once instead of kopf retrying it blindly."""
         namespace = job.metadata.namespace or ""
+        for action in decision.actions:  # an ended attempt's logs first: deleting its RayJob deletes its pods
+            if isinstance(action, DeleteRayJob) and action.logs_of is not None:
+                current = rayjob if rayjob is not None and rayjob["metadata"]["name"] == action.name else None
+                decision.events.append(await self._copy_logs(job, storage, current, action))
         await self._delete_rayjobs(decision, namespace)
         for action in decision.actions:
             if not isinstance(action, CreateAttempt):
@@ -308,10 +290,35 @@ class Reconciler:
                 self.metrics.restarts.inc()
         return None
 
+    async def _copy_logs(
+        self, job: api.CPTJob, storage: Storage, rayjob: dict[str, Any] | None, action: DeleteRayJob
+    ) -> Event:
+        attempt = action.logs_of or 0
+        result = await copy_attempt_logs(
+            self.kube, self.gate, storage, job, rayjob, action.name, attempt, self.settings
+        )
+        kept = f"; RayJob {action.name} is kept for runPolicy.ttlSecondsAfterFinished" if action.keep else ""
+        if result.problems:
+            self.metrics.log_copy_failures.inc()
+            copied = f" ({result.summary()} copied)" if result.copied else ""
+            message = (
+                f"logs of attempt {attempt} not fully copied to {result.uri}{copied}: {'; '.join(result.problems)}"
+            )
+            return Event("Warning", Reason.LogsNotCopied.value, message + kept)
+        return Event(
+            "Normal",
+            Reason.LogsCopied.value,
+            f"logs of attempt {attempt} ({result.summary()}) copied to {result.uri}{kept}",
+        )
+
     async def _delete_rayjobs(self, decision: Decision, namespace: str) -> None:
         for action in decision.actions:
-            if isinstance(action, DeleteRayJob):
+            if isinstance(action, DeleteRayJob) and not action.keep:
                 await self.kube.delete(*RAYJOBS, namespace, action.name, uid=action.uid)
+
+
+def _kept(status: api.CPTJobStatus) -> list[dict[str, Any]]:
+    return [k.model_dump(by_alias=True, exclude_none=True) for k in status.kept_ray_jobs]
 
 
 async def _observe_progress(
@@ -384,8 +391,9 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, metric
         meta = body["metadata"]
         reconciler = holder.get("reconciler")
         known = parse_status(json.loads(json.dumps(body.get("status") or {}, default=dict)))[0]
-        if is_final(known):
+        if is_final(known) and not known.kept_ray_jobs:  # kept RayJobs are deleted when their time is up
             metrics.set_phase(meta["namespace"], meta["name"], known.phase.value if known.phase else None)
+            metrics.observe_job(meta["namespace"], meta["name"], known)
             return None
         return reconciler
 
@@ -430,5 +438,6 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings, metric
     def forget_deleted(type: str, body: kopf.Body, **_: Any) -> None:
         if type == "DELETED":
             metrics.set_phase(body["metadata"]["namespace"], body["metadata"]["name"], None)
+            metrics.forget_job(body["metadata"]["namespace"], body["metadata"]["name"])
             if "reconciler" in holder:
                 holder["reconciler"].forget(body["metadata"]["uid"])

@@ -8,10 +8,12 @@ operator makes is listed in `API_CALLS`; the Helm chart's RBAC is tested against
 from __future__ import annotations
 
 import base64
+import json
 import ssl
 import tempfile
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -31,6 +33,8 @@ API_CALLS: set[tuple[str, str, str]] = {
     ("", "configmaps", "create"),
     ("", "configmaps", "update"),
     ("", "secrets", "get"),
+    ("", "pods", "list"),
+    ("", "pods/log", "get"),
     ("", "events", "create"),
     ("", "namespaces", "list"),
     ("", "namespaces", "watch"),
@@ -188,6 +192,54 @@ class Kube:
                 return  # another object took the name: not ours to delete
             if exc.status != 404:
                 raise
+
+    async def list_objects(
+        self, group: str, version: str, plural: str, namespace: str | None, selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The objects matching the label `selector`."""
+        path = _path(group, version, plural, namespace) + (f"?labelSelector={quote(selector)}" if selector else "")
+        return list((await self._request("GET", path) or {}).get("items") or [])
+
+    async def patch(self, group: str, version: str, plural: str, namespace: str, name: str, patch: Any) -> Any:
+        """A JSON merge patch of the object (not its status)."""
+        path = _path(group, version, plural, namespace, name)
+        return await self._request("PATCH", path, patch, "application/merge-patch+json")
+
+    async def pod_log(
+        self, namespace: str, pod: str, container: str | None = None, max_bytes: int = 1 << 20, tail_lines: int = 0
+    ) -> tuple[bytes, int]:
+        """The end of a container's log, at most `max_bytes` of it, and how many bytes before it were dropped:
+        read as a stream, so a huge log costs `max_bytes` of memory, not its size."""
+        kept, dropped = bytearray(), 0
+        async for chunk in self.log_stream(namespace, pod, container, tail_lines=tail_lines):
+            kept += chunk
+            if len(kept) > max_bytes:
+                dropped += len(kept) - max_bytes
+                del kept[: len(kept) - max_bytes]
+        return bytes(kept), dropped
+
+    async def log_stream(
+        self, namespace: str, pod: str, container: str | None = None, tail_lines: int = 0, follow: bool = False
+    ) -> AsyncIterator[bytes]:
+        """A container's log as it arrives (GET .../pods/POD/log); with `follow`, until the container ends."""
+        params = {k: v for k, v in (("container", container), ("tailLines", tail_lines or None)) if v}
+        if follow:
+            params["follow"] = "true"
+        query = "&".join(f"{k}={quote(str(v))}" for k, v in params.items())
+        path = _path("", "v1", "pods", namespace, pod) + "/log" + (f"?{query}" if query else "")
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        timeout = aiohttp.ClientTimeout(total=None, connect=self._timeout.connect) if follow else self._timeout
+        async with self._session.get(self.server + path, ssl=self._ssl, timeout=timeout) as r:
+            if r.status >= 400:
+                text = await r.text()
+                try:
+                    body: Any = json.loads(text)
+                except ValueError:
+                    body = text
+                raise ApiError(r.status, body)
+            async for chunk in r.content.iter_chunked(1 << 16):
+                yield chunk
 
     async def patch_status(self, group: str, version: str, plural: str, namespace: str, name: str, patch: Any) -> None:
         """A JSON merge patch of the status subresource."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from cpt_core import __version__
 from pydantic import BaseModel, Field
@@ -53,6 +54,14 @@ class OperatorSettings(BaseModel):
     """Upper bound on one storage operation (a preflight makes several calls)."""
     api_timeout_seconds: float = 30.0
     """Upper bound on one Kubernetes API call the operator makes besides kopf's own."""
+    log_copy_max_bytes: int = 10 * 1024 * 1024
+    """Bytes of each container's log copied when an attempt ends (its end; a marker says what was dropped)."""
+    log_copy_max_pods: int = 64
+    """Containers whose logs are copied per ended attempt at most (driver, head, then workers)."""
+    log_copy_timeout_seconds: float = 60.0
+    """Upper bound on copying one ended attempt's logs; the RayJob goes (or is kept) after it either way."""
+    log_format: Literal["text", "json"] = "text"
+    """Log format of the operator: text (one line per record) or json (one JSON object per line, kopf's)."""
     s3_endpoint: str | None = None
     """S3 endpoint the operator itself uses instead of spec.storage.endpoint (an operator outside the
     cluster network, e.g. a port-forward); the pods always use spec.storage.endpoint."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from cpt_core.api.progress import STATUS_SECTIONS, Progress
-from cpt_core.api.v1alpha1 import Condition, CPTJob, CPTJobStatus, Phase
+from cpt_core.api.v1alpha1 import Condition, CPTJob, CPTJobStatus, KeptRayJob, Phase
 from cpt_core.reasons import ConditionType, Reason
 
 from .names import rayjob_name
@@ -60,10 +60,15 @@ class CreateAttempt:
 
 @dataclass(frozen=True)
 class DeleteRayJob:
-    """Delete the RayJob `name`; with `uid`, only that object (a namesake created since is never deleted)."""
+    """Delete the RayJob `name`; with `uid`, only that object (a namesake created since is never deleted).
+
+    With `logs_of`, first copy that attempt's pod logs to `<checkpoint.uri>/logs/attempt-N/`; with `keep`,
+    only copy them: the RayJob stays (listed in status.keptRayJobs) until its TTL ends."""
 
     name: str
     uid: str | None = None
+    logs_of: int | None = None
+    keep: bool = False
 
     @classmethod
     def of(cls, rayjob: dict[str, Any]) -> DeleteRayJob:
@@ -182,6 +187,36 @@ def mirror_progress(status: CPTJobStatus, progress: Progress) -> None:
             setattr(status, section, copy.deepcopy(value))
 
 
+def logs_root(checkpoint_uri: str) -> str:
+    """Where the operator copies the pod logs of ended attempts (`attempt-N/` below it)."""
+    return checkpoint_uri.rstrip("/") + "/logs/"
+
+
+def current_rayjob_name(status: CPTJobStatus) -> str | None:
+    """The RayJob to observe: the current attempt's, unless it ended and is only kept for inspection."""
+    kept = {k.name for k in status.kept_ray_jobs}
+    return status.ray_job_name if status.ray_job_name not in kept else None
+
+
+def expire_kept(status: CPTJobStatus, now: dt.datetime, everything: bool = False) -> list[DeleteRayJob]:
+    """Deletions of the kept RayJobs whose time is up (all of them with `everything`); drops them from status."""
+    due = [k for k in status.kept_ray_jobs if everything or (parse_time(k.delete_after) or now) <= now]
+    status.kept_ray_jobs = [k for k in status.kept_ray_jobs if k not in due]
+    return [DeleteRayJob(k.name, k.uid) for k in due]
+
+
+def retire(decision: Decision, job: CPTJob, rayjob: dict[str, Any], now: dt.datetime, keep: bool) -> None:
+    """An attempt ended: copy its logs, then delete its RayJob now, or keep it for runPolicy.ttlSecondsAfterFinished."""
+    status, ttl = decision.status, job.spec.run_policy.ttl_seconds_after_finished
+    keep = keep and ttl > 0
+    status.logs_uri = logs_root(job.spec.checkpoint.uri)
+    name, uid = rayjob["metadata"]["name"], rayjob["metadata"].get("uid")
+    if keep and all(k.name != name for k in status.kept_ray_jobs):
+        until = _ts(now + dt.timedelta(seconds=ttl))
+        status.kept_ray_jobs.append(KeptRayJob(name=name, uid=uid, delete_after=until))
+    decision.actions.append(DeleteRayJob(name, uid, logs_of=status.attempt, keep=keep))
+
+
 def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None) -> Decision:
     """The next status, actions and events for `job` given what was observed."""
     spec, meta = job.spec, job.metadata
@@ -230,6 +265,7 @@ def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None
         status.phase = Phase.Restarting if status.attempt else Phase.Pending
         status.message = message
         decision.events.append(Event("Normal", Reason.SpecCorrected.value, message))
+    decision.actions.extend(expire_kept(status, now, everything=bool(spec.run_policy.suspend)))
     if is_final(status):
         return decision  # terminal: nothing changes any more
 
@@ -273,7 +309,7 @@ def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None
     # -- suspension ------------------------------------------------------------------------
     if spec.run_policy.suspend:
         if rayjob is not None:
-            decision.actions.append(DeleteRayJob.of(rayjob))
+            retire(decision, job, rayjob, now, keep=False)  # suspension frees the cluster at once
         if status.phase != Phase.Suspended:
             set_(ConditionType.Training, "False", Reason.Suspended, "runPolicy.suspend is true")
             set_(ConditionType.ClusterReady, "False", Reason.Suspended, "the Ray cluster was deleted")
@@ -368,7 +404,7 @@ def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None
     if failure is not None:
         reason, message = failure
         if rayjob is not None:
-            decision.actions.append(DeleteRayJob.of(rayjob))
+            retire(decision, job, rayjob, now, keep=True)
         if Reason.is_terminal(reason):
             finish(Phase.Failed, reason, message)
             return decision

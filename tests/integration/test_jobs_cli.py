@@ -1,0 +1,149 @@
+"""`cpt status|logs|suspend|resume` and `kubectl cpt` against the Kubernetes API emulator, the real operator and
+SeaweedFS: a kubeconfig like a user's, the console scripts as installed, stdout parsed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+import yaml
+from cpt_operator.controller.settings import OperatorSettings
+
+from devkit.cluster import cluster_job, create_secret, start_cluster, upload_example_data, wait_for
+from devkit.k8s_emulator import CPTJOBS, PODS, RAYJOBS, EmulatorThread
+from devkit.seaweed import SeaweedS3
+from tests.support.operator_runner import OperatorThread
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def stack(s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmulatorThread, dict[str, str]]]:
+    upload_example_data(s3)
+    cluster = start_cluster()
+    settings = OperatorSettings(poll_seconds=0.5, metrics_port=0, health_port=0, trainer_image="cpt-trainer:test")
+    operator = OperatorThread(settings, login=kopf.ConnectionInfo(server=cluster.url)).start()
+    create_secret(cluster, s3)
+    config = tmp_path_factory.mktemp("kube") / "config"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "emulator", "cluster": {"server": cluster.url}}],
+                "users": [{"name": "me", "user": {"token": "t"}}],
+                "contexts": [{"name": "dev", "context": {"cluster": "emulator", "user": "me", "namespace": "ml"}}],
+                "current-context": "dev",
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBERNETES_"))}
+    env["KUBECONFIG"] = str(config)
+    yield cluster, env
+    operator.stop()
+    cluster.stop()
+
+
+def cli(env: dict[str, str], *args: str, program: str = "cpt", timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / program), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def add_pod(cluster: EmulatorThread, rayjob: str, pod: str, labels: dict[str, str], log: Path) -> None:
+    owner = cluster.get(RAYJOBS, "ml", rayjob)["metadata"]
+    ref = {"apiVersion": "ray.io/v1", "kind": "RayJob", "name": rayjob, "uid": owner["uid"]}
+    meta = {"name": pod, "namespace": "ml", "labels": labels, "ownerReferences": [ref]}
+    cluster.create(PODS, {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": {"containers": [{"name": "c"}]}})
+    cluster.patch(PODS, "ml", pod, {"status": {"phase": "Running"}}, subresource="status")
+    cluster.emulator.pod_logs[("ml", pod, "c")] = log
+
+
+def rayjob_status(cluster: EmulatorThread, name: str, deployment: str, job_status: str, **extra: Any) -> None:
+    status = {"jobDeploymentStatus": deployment, "jobStatus": job_status, **extra}
+    cluster.patch(RAYJOBS, "ml", name, {"status": status}, subresource="status")
+
+
+def test_status_prints_text_json_and_yaml(stack: tuple[EmulatorThread, dict[str, str]], s3: SeaweedS3) -> None:
+    cluster, env = stack
+    cluster.create(CPTJOBS, cluster_job(s3, "shown"))
+    wait_for(lambda: cluster.get(RAYJOBS, "ml", "shown-a1"), what="RayJob")
+    text = cli(env, "status", "shown")
+    assert text.returncode == 0, text.stderr
+    assert "Phase:       Preparing  attempt 1, 0 restarts" in text.stdout and "RayJob:      shown-a1" in text.stdout
+    as_json = json.loads(cli(env, "status", "shown", "-n", "ml", "-o", "json").stdout)
+    assert as_json["metadata"]["name"] == "shown" and as_json["status"]["rayJobName"] == "shown-a1"
+    as_yaml = yaml.safe_load(cli(env, "status", "shown", "-o", "yaml").stdout)
+    assert as_yaml["status"]["attempt"] == 1
+    plugin = cli(env, "status", "shown", "-o", "json", program="kubectl-cpt")
+    assert plugin.returncode == 0 and json.loads(plugin.stdout)["status"]["phase"] == as_json["status"]["phase"]
+    missing = cli(env, "status", "nope")
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert missing.stderr.strip() == 'error: cptjob "nope" not found in namespace "ml" (kubectl get cptjobs -n ml)'
+
+
+def test_suspend_and_resume_patch_the_run_policy(stack: tuple[EmulatorThread, dict[str, str]], s3: SeaweedS3) -> None:
+    cluster, env = stack
+    cluster.create(CPTJOBS, cluster_job(s3, "paused"))
+    wait_for(lambda: cluster.get(RAYJOBS, "ml", "paused-a1"), what="RayJob")
+    out = cli(env, "suspend", "paused")
+    assert out.returncode == 0 and out.stdout.strip() == "cptjob.cpt.dev/paused suspended (namespace ml)"
+    wait_for(lambda: (cluster.get(CPTJOBS, "ml", "paused").get("status") or {}).get("phase") == "Suspended")
+    assert cluster.get(RAYJOBS, "ml", "paused-a1") is None
+    assert cli(env, "resume", "paused").returncode == 0
+    wait_for(lambda: cluster.get(RAYJOBS, "ml", "paused-a2"), what="attempt 2 after resume")
+
+
+def test_logs_follow_the_live_attempt_then_read_the_copies(
+    stack: tuple[EmulatorThread, dict[str, str]], s3: SeaweedS3, tmp_path: Path
+) -> None:
+    cluster, env = stack
+    cluster.create(CPTJOBS, cluster_job(s3, "told", runPolicy={"maxRestarts": 1}))
+    wait_for(lambda: cluster.get(RAYJOBS, "ml", "told-a1"), what="RayJob")
+    driver, head = tmp_path / "driver.log", tmp_path / "head.log"
+    driver.write_text("step 1 loss 7.6\n")
+    head.write_text("ray head started\n")
+    add_pod(cluster, "told-a1", "told-a1-abcde", {"batch.kubernetes.io/job-name": "told-a1"}, driver)
+    add_pod(
+        cluster,
+        "told-a1",
+        "told-a1-rc-head-x",
+        {"cpt.dev/job": "told", "cpt.dev/attempt": "1", "ray.io/node-type": "head"},
+        head,
+    )
+
+    # -f streams the driver until its pod ends.
+    follow = subprocess.Popen(
+        [str(BIN / "cpt"), "logs", "told", "-f"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(2)
+    with driver.open("a") as f:
+        f.write("step 2 loss 7.1\nTraceback: RuntimeError: boom\n")
+    time.sleep(1)
+    cluster.patch(PODS, "ml", "told-a1-abcde", {"status": {"phase": "Failed"}}, subresource="status")
+    out, err = follow.communicate(timeout=30)
+    assert follow.returncode == 0, err
+    assert out == "step 1 loss 7.6\nstep 2 loss 7.1\nTraceback: RuntimeError: boom\n"
+
+    every = cli(env, "logs", "told", "--role", "all")
+    assert every.stdout == "step 1 loss 7.6\nstep 2 loss 7.1\nTraceback: RuntimeError: boom\nray head started\n"
+    assert "==> driver told-a1-abcde/c <==" in every.stderr and "==> head told-a1-rc-head-x/c <==" in every.stderr
+
+    # The attempt fails: the operator copies the logs, the next attempt starts; once the pods are gone,
+    # `cpt logs --attempt 1` reads the copies (with the job's Secret: this user may read it).
+    rayjob_status(cluster, "told-a1", "Failed", "FAILED", reason="AppFailed", message="boom")
+    wait_for(lambda: cluster.get(RAYJOBS, "ml", "told-a2"), what="attempt 2")
+    for pod in ("told-a1-abcde", "told-a1-rc-head-x"):
+        cluster.delete(PODS, "ml", pod)
+    copied = cli(env, "logs", "told", "--attempt", "1", "--tail", "1")
+    assert copied.returncode == 0, copied.stderr
+    assert copied.stdout == "Traceback: RuntimeError: boom\n"
+    assert f"attempt 1 has ended; its logs as copied to s3://{s3.bucket}/runs/told/logs/attempt-1/" in copied.stderr
+    nothing = cli(env, "logs", "told", "--attempt", "3")
+    assert nothing.returncode == 1 and "has no attempt 3" in nothing.stderr
