@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import click
-from cpt_core.cli import fail
+from cpt_core.cli import examples, fail
 
 T = TypeVar("T")
 CPTJOBS = ("cpt.dev", "v1alpha1", "cptjobs")
@@ -115,19 +115,18 @@ def _status_lines(job: dict[str, Any]) -> list[str]:
     return lines
 
 
-@click.command()
+@click.command(
+    epilog=examples(
+        "cpt status my-job -n ml",
+        "cpt status my-job -o json | jq .status.progress",
+        "kubectl cpt status my-job",
+    )
+)
 @click.argument("job")
 @namespace_option
 @click.option("-o", "--output", type=click.Choice(["text", "json", "yaml"]), default="text", help="Output format.")
 def status(job: str, namespace: str | None, output: str) -> None:
-    """Show a CPTJob's phase, progress, evaluation, attempts and where its logs are.
-
-    \b
-    Examples:
-      cpt status my-job -n ml
-      cpt status my-job -o json | jq .status.progress
-      kubectl cpt status my-job
-    """
+    """Show a CPTJob's phase, progress, evaluation, attempts and where its logs are."""
     obj = _run(namespace, lambda kube, ns: _job(kube, ns, job))
     if output == "text":
         click.echo("\n".join(_status_lines(obj)))
@@ -160,29 +159,27 @@ def _set_suspend(job: str, namespace: str | None, value: bool) -> None:
     click.echo(f"cptjob.cpt.dev/{job} {'suspended' if value else 'resumed'} (namespace {ns})")
 
 
-@click.command()
+@click.command(
+    epilog=examples(
+        "cpt suspend my-job -n ml",
+    )
+)
 @click.argument("job")
 @namespace_option
 def suspend(job: str, namespace: str | None) -> None:
-    """Suspend a CPTJob: its Ray cluster is deleted (logs copied first), checkpoints are kept.
-
-    \b
-    Examples:
-      cpt suspend my-job -n ml
-    """
+    """Suspend a CPTJob: its Ray cluster is deleted (logs copied first), checkpoints are kept."""
     _set_suspend(job, namespace, True)
 
 
-@click.command()
+@click.command(
+    epilog=examples(
+        "cpt resume my-job -n ml",
+    )
+)
 @click.argument("job")
 @namespace_option
 def resume(job: str, namespace: str | None) -> None:
-    """Resume a suspended CPTJob: a new attempt starts from the last committed checkpoint.
-
-    \b
-    Examples:
-      cpt resume my-job -n ml
-    """
+    """Resume a suspended CPTJob: a new attempt starts from the last committed checkpoint."""
     _set_suspend(job, namespace, False)
 
 
@@ -250,7 +247,14 @@ def _copied_logs(
         sys.stdout.flush()
 
 
-@click.command()
+@click.command(
+    epilog=examples(
+        "cpt logs my-job -f                  # follow the current attempt's driver",
+        "cpt logs my-job --attempt 1         # a failed attempt, from its copied logs",
+        "cpt logs my-job --role all --tail 100",
+        "kubectl cpt logs my-job -n ml",
+    )
+)
 @click.argument("job")
 @namespace_option
 @click.option("--attempt", type=int, default=None, help="Attempt N [the current one].")
@@ -273,13 +277,6 @@ def logs(
     When the attempt's pods are gone (it failed, was suspended or superseded), the logs come from
     <checkpoint.uri>/logs/attempt-N/, read with the job's credentialsSecret when you may read it, else
     with your own AWS_* environment.
-
-    \b
-    Examples:
-      cpt logs my-job -f                  # follow the current attempt's driver
-      cpt logs my-job --attempt 1         # a failed attempt, from its copied logs
-      cpt logs my-job --role all --tail 100
-      kubectl cpt logs my-job -n ml
     """
     from .controller.builders import CREDENTIAL_KEYS
     from .controller.kube import ApiError
