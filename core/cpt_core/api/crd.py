@@ -15,6 +15,7 @@ import copy
 from typing import Any
 
 from . import v1alpha1 as api
+from .pods import structural
 from .v1alpha1 import DATA_SCHEMES, MODEL_SCHEMES
 
 # CEL rules, keyed by the dotted wire path of the node that carries them. Transition rules
@@ -189,6 +190,13 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
     "spec.deepspeed.zeroStage": [{"rule": "self == oldSelf", "message": f"spec.deepspeed.zeroStage {_IMMUTABLE}"}],
 }
 
+#: List semantics for server-side apply and strategic merges, keyed like CEL_RULES. Conditions are a map
+#: keyed by type, as metav1.Condition lists are in Kubernetes' own types (`+listType=map`,
+#: `+listMapKey=type`): two writers (the operator, a user's `kubectl patch`) merge by type.
+LIST_TYPES: dict[str, dict[str, Any]] = {
+    "status.conditions": {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+}
+
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Stage", "type": "string", "jsonPath": ".status.stage"},
@@ -251,6 +259,12 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[s
         if "description" in node:
             merged["description"] = node["description"]
         return _structural(merged, defs, path)
+    if "x-cpt-k8s" in node:
+        # A core/v1 shape (pods.k8s): Kubernetes' own structural schema, as KubeRay's CRD carries it.
+        out = structural(node["x-cpt-k8s"])
+        if "description" in node:
+            out["description"] = " ".join(node["description"].split())
+        return out
     if "const" in node:
         node = {**node, "enum": [node["const"]]}
 
@@ -278,6 +292,7 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[s
             out["x-kubernetes-preserve-unknown-fields"] = True
     elif kind == "array":
         out["items"] = _structural(node["items"], defs, f"{path}[*]")
+        out.update(LIST_TYPES.get(path, {}))
     rules = CEL_RULES.get(path)
     if rules:
         out["x-kubernetes-validations"] = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rules]

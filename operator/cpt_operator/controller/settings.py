@@ -21,6 +21,9 @@ class OperatorSettings(BaseModel):
     """Ray version of the trainer image (KubeRay's rayVersion)."""
     image_pull_policy: str = "IfNotPresent"
     """Pull policy of the Ray pods."""
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    """Secrets (in each job's namespace) to pull the trainer image with, on every Ray pod; a job adds its
+    own with spec.cluster.podOverrides[].imagePullSecrets. Comma-separated in the environment."""
     poll_seconds: float = 10.0
     """How often each active job's RayJob and progress file are read."""
     preflight_backoff_seconds: float = 10.0
