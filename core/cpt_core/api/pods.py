@@ -60,6 +60,15 @@ OWNED_RESOURCES = {
     "nvidia.com/gpu": "spec.cluster.gpusPerWorker",
 }
 
+#: Container fields a user may reasonably try that the operator must own (key -> what to do instead).
+OWNED_CONTAINER_FIELDS = {
+    "image": "set spec.cluster.image",
+    "command": "it runs `cpt train` on the head and Ray on the workers; not overridable",
+    "args": "it runs `cpt train` on the head and Ray on the workers; not overridable",
+    "containers": "pod overrides change the one Ray container through env, volumeMounts, resources, "
+    "containerSecurityContext",
+}
+
 _SCHEMA_FILE = Path(__file__).with_name("k8s_pod_schema.json")
 
 
@@ -92,6 +101,8 @@ def _validator(kind: str) -> Any:
 
 
 def _message(err: Any) -> str:
+    if err.validator == "pattern" and "KMGTPE" in str(err.validator_value):
+        return f'must be a Kubernetes quantity such as 1, "500m" or "16Gi" (got {err.instance!r})'
     if err.validator == "additionalProperties":
         extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
         known = ", ".join(sorted(err.schema.get("properties", {})))
@@ -189,6 +200,15 @@ class PodOverride(_Model):
     """PriorityClass of the pods; replaces spec.cluster.priorityClassName."""
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list, max_length=16)
     """Secrets to pull the trainer image with, added to the operator's (`imagePullSecrets` in the chart)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _container_owned(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, hint in OWNED_CONTAINER_FIELDS.items():
+                if key in data:
+                    raise FieldError((key,), f"the operator owns the Ray container's {key}; {hint}")
+        return data
 
     @model_validator(mode="after")
     def _operator_owned(self) -> PodOverride:
