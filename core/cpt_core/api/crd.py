@@ -99,6 +99,13 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
     "spec.model": [{"rule": "self == oldSelf", "message": f"spec.model {_IMMUTABLE}"}],
     "spec.model.source": _uri_rules("spec.model.source", MODEL_SCHEMES),
     "spec.model.tokenizer": _uri_rules("spec.model.tokenizer", MODEL_SCHEMES),
+    "spec.model.mirror": [
+        {
+            "rule": "self.startsWith('s3://')",
+            "message": "spec.model.mirror: must be an s3:// prefix, e.g. s3://models/hf/",
+        },
+        *_uri_rules("spec.model.mirror", ("s3",))[1:],
+    ],
     "spec.data.cacheUri": _uri_rules("spec.data.cacheUri", DATA_SCHEMES),
     # Up to 64 x 64 items: prefix tests only (a regex per item would exceed the API server's CEL cost budget).
     "spec.data.sources[*].uris[*]": [

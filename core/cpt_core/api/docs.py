@@ -10,7 +10,6 @@ from typing import Any
 
 from . import v1alpha1 as api
 
-
 #: Kubernetes' API reference, for the core/v1 shapes the API reuses (cpt_core.api.pods).
 K8S_REFERENCE = "https://kubernetes.io/docs/reference/generated/kubernetes-api/v1.33/"
 

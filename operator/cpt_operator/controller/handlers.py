@@ -34,6 +34,7 @@ from cpt_core.storage import S3Settings, Storage, StorageError, Unreachable
 from pydantic import ValidationError
 
 from .builders import CREDENTIAL_KEYS, build_configmap, build_rayjob
+from .hub import hub_preflight
 from .kube import ApiError, ForeignObject, Kube
 from .metrics import Metrics
 from .preflight import check_storage
@@ -254,6 +255,8 @@ class Reconciler:
                 preflight = await self.gate.run(storage, check_storage, job, secret, storage)
             except Unreachable as exc:
                 preflight = PreflightResult(False, Reason.StorageUnreachable, str(exc))
+            if preflight.ok:
+                preflight = await hub_preflight(self.kube, job, self.settings) or preflight
             if not preflight.ok:
                 self.metrics.preflight_failures.labels(reason=preflight.reason).inc()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from cpt_core import __version__
 from pydantic import BaseModel, Field
@@ -56,6 +57,12 @@ class OperatorSettings(BaseModel):
     """Upper bound on one storage operation (a preflight makes several calls)."""
     api_timeout_seconds: float = 30.0
     """Upper bound on one Kubernetes API call the operator makes besides kopf's own."""
+    hub_preflight: Literal["check", "skip"] = "check"
+    """`check`: before requesting pods, ask the Hugging Face Hub whether each hf:// model exists and the token
+    can read it (when the operator cannot reach the Hub, the job goes on with a warning in the log);
+    `skip`: never contact the Hub (an operator without egress)."""
+    hub_timeout_seconds: float = 10.0
+    """Upper bound on the Hub preflight of one job (all its hf:// models)."""
     s3_endpoint: str | None = None
     """S3 endpoint the operator itself uses instead of spec.storage.endpoint (an operator outside the
     cluster network, e.g. a port-forward); the pods always use spec.storage.endpoint."""
