@@ -268,10 +268,10 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[s
         return _structural(merged, defs, path)
     if "x-cpt-k8s" in node:
         # A core/v1 shape (pods.k8s): Kubernetes' own structural schema, as KubeRay's CRD carries it.
-        out = structural(node["x-cpt-k8s"])
+        shape = structural(node["x-cpt-k8s"])
         if "description" in node:
-            out["description"] = " ".join(node["description"].split())
-        return out
+            shape["description"] = " ".join(node["description"].split())
+        return shape
     if "const" in node:
         node = {**node, "enum": [node["const"]]}
 

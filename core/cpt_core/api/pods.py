@@ -19,11 +19,12 @@ from __future__ import annotations
 import copy
 import functools
 import json
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, StringConstraints, WithJsonSchema, model_validator
+from pydantic import Field, GetCoreSchemaHandler, GetJsonSchemaHandler, StringConstraints, model_validator
 
 from .base import FieldError, _Model
 
@@ -123,27 +124,33 @@ def _checked(kind: str) -> Any:
     return check
 
 
-def k8s(kind: str, python: Any = dict[str, Any]) -> Any:
-    """A value of the core/v1 type `kind`: checked against its schema; in the CRD, that schema."""
-    return Annotated[python, AfterValidator(_checked(kind)), WithJsonSchema({"type": "object", "x-cpt-k8s": kind})]
+@dataclass(frozen=True)
+class K8sShape:
+    """Marks a value as the core/v1 type `kind`: checked against its schema; in the CRD, that schema."""
+
+    kind: str
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_after_validator_function(_checked(self.kind), handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        return {"type": "string" if self.kind == "Quantity" else "object", "x-cpt-k8s": self.kind}
 
 
-EnvVar = k8s("EnvVar")
-EnvFromSource = k8s("EnvFromSource")
-Volume = k8s("Volume")
-VolumeMount = k8s("VolumeMount")
-Affinity = k8s("Affinity")
-K8sToleration = k8s("Toleration")
-TopologySpreadConstraint = k8s("TopologySpreadConstraint")
-PodSecurityContext = k8s("PodSecurityContext")
-SecurityContext = k8s("SecurityContext")
-LocalObjectReference = k8s("LocalObjectReference")
+EnvVar = Annotated[dict[str, Any], K8sShape("EnvVar")]
+EnvFromSource = Annotated[dict[str, Any], K8sShape("EnvFromSource")]
+Volume = Annotated[dict[str, Any], K8sShape("Volume")]
+VolumeMount = Annotated[dict[str, Any], K8sShape("VolumeMount")]
+Affinity = Annotated[dict[str, Any], K8sShape("Affinity")]
+K8sToleration = Annotated[dict[str, Any], K8sShape("Toleration")]
+TopologySpreadConstraint = Annotated[dict[str, Any], K8sShape("TopologySpreadConstraint")]
+PodSecurityContext = Annotated[dict[str, Any], K8sShape("PodSecurityContext")]
+SecurityContext = Annotated[dict[str, Any], K8sShape("SecurityContext")]
+LocalObjectReference = Annotated[dict[str, Any], K8sShape("LocalObjectReference")]
 #: A resource quantity, a number or a string ("4", "500m", 1); as core/v1 ResourceList values.
-ResourceQuantity = Annotated[
-    int | str,
-    AfterValidator(_checked("Quantity")),
-    WithJsonSchema({"type": "string", "x-cpt-k8s": "Quantity"}),
-]
+ResourceQuantity = Annotated[int | str, K8sShape("Quantity")]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=253)]
 
 
