@@ -227,6 +227,8 @@ PYDANTIC_CHECKS_IN_CEL = [
     ("spec.checkpoint.uri", "s3://user:pw@bucket/run/", "not a valid S3 bucket name"),
     ("spec.evaluation.probes", "https://host/probes.jsonl", "unsupported URI scheme"),
     ("metadata.name", "legal.cpt", "must be a lowercase DNS label"),
+    ("spec.model.mirror", "https://mirror/hf/", "must be an s3:// prefix"),
+    ("spec.model.mirror", "s3://Bad_Bucket/hf/", "not a valid S3 bucket name"),
 ]
 
 
@@ -261,6 +263,7 @@ def test_cel_rejects_lora_with_zero_stage_3(job: dict[str, Any]) -> None:
         ("spec.model.source", "/models/local-dir"),
         ("spec.data.sources.0.uris", ["file:///data/legal/", "relative/dir/", "s3://corpora/legal/"]),
         ("spec.evaluation.probes", "s3://cpt-runs/probes.jsonl"),
+        ("spec.model.mirror", "s3://models/hf/"),
     ],
 )
 def test_cel_accepts_what_the_models_accept(job: dict[str, Any], path: str, value: Any) -> None:
