@@ -55,7 +55,7 @@ def test_hub_model_gets_the_token_by_reference_and_no_offline_flag() -> None:
             "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}},
         }
         assert "HF_HUB_OFFLINE" not in env
-        assert env["HF_HOME"]["value"] == "/var/cache/cpt/huggingface"  # downloads land in the model cache
+        assert env["CPT_CACHE_DIR"]["value"] == "/var/cache/cpt"  # hub downloads land in the model cache
     assert "hf_" not in rendered
 
 
@@ -164,21 +164,19 @@ def test_hub_preflight_is_a_setting() -> None:
 def test_the_trainer_loads_an_hf_model_from_the_local_hub_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What the pods find after their download (or a PVC pre-populated with `hf download`): the HF cache layout."""
+    """What the pods find in <CPT_CACHE_DIR>/huggingface after their download (or on a PVC pre-populated with
+    `hf download --cache-dir`): the Hugging Face cache layout."""
     from cpt_trainer.sources import ModelSourceError, resolve
 
     revision = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--org--tiny"
+    repo = tmp_path / "huggingface" / "models--org--tiny"
     snapshot = repo / "snapshots" / revision
     snapshot.mkdir(parents=True)
     for f in (ROOT / "examples" / "models" / "tiny-llama").iterdir():
         (snapshot / f.name).write_bytes(f.read_bytes())
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
-    import huggingface_hub.constants
-
-    # What HF_HOME=/var/cache/cpt/huggingface gives a pod; huggingface_hub reads it once, at import.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("CPT_CACHE_DIR", str(tmp_path))  # a pod: /var/cache/cpt, the model cache volume
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     resolved = resolve("hf://org/tiny")
     assert (resolved.directory / "config.json").exists() and resolved.identity == "hf://org/tiny"

@@ -2,7 +2,7 @@
 
 | source                         | resolved to                                                      |
 |--------------------------------|------------------------------------------------------------------|
-| `hf://org/name`                | downloaded from the Hub into HF_HOME (on a cluster: the model cache) |
+| `hf://org/name`                | downloaded from the Hub into `<CPT_CACHE_DIR>/huggingface`, or the usual HF cache |
 | `s3://bucket/dir/`             | a local copy, downloaded once per node into the model cache       |
 | `file:///dir`, `/dir`, `dir`   | the directory itself                                             |
 | `.../model.gguf`               | its directory plus `gguf_file=model.gguf`                         |
@@ -37,6 +37,14 @@ class ModelSourceError(ValueError):
 def cache_root() -> Path:
     """Where downloaded models and converted tokenizers live (per node)."""
     return Path(os.environ.get("CPT_CACHE_DIR") or Path.home() / ".cache" / "cpt")
+
+
+def hub_cache() -> Path | None:
+    """Where hf:// models are downloaded: inside the model cache when one is configured (on a cluster the
+    pods' /var/cache/cpt volume, so a PVC there keeps them across attempts); else the user's usual
+    Hugging Face cache (a laptop's models are reused)."""
+    configured = os.environ.get("CPT_CACHE_DIR")
+    return Path(configured) / "huggingface" if configured else None
 
 
 @contextlib.contextmanager
@@ -88,13 +96,12 @@ def resolve(source: str, storage: Storage | None = None, field: str = "spec.mode
         return _local(path, field, origin=source)
     if source.startswith("hf://"):
         repo = source[len("hf://") :].strip("/")
-        # On a cluster HF_HOME points into the model cache volume (a PVC there keeps downloads across
-        # attempts) and HF_TOKEN comes from spec.model.tokenSecret; huggingface_hub reads both.
+        # HF_TOKEN (from spec.model.tokenSecret on a cluster) is read by huggingface_hub itself.
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         try:
             from huggingface_hub import snapshot_download
 
-            local = snapshot_download(repo, local_files_only=offline)
+            local = snapshot_download(repo, local_files_only=offline, cache_dir=hub_cache())
         except Exception as exc:
             how = (
                 "pre-populate the cache (hf download) or unset HF_HUB_OFFLINE"

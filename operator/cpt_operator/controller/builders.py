@@ -21,8 +21,6 @@ from .settings import OperatorSettings
 __all__ = ["CACHE_DIR", "SPEC_MOUNT", "build_configmap", "build_rayjob"]
 
 SPEC_KEY = "job.yaml"
-#: Where hub downloads go: inside the model cache volume (a PVC mounted there keeps them across attempts).
-HF_HOME = f"{CACHE_DIR}/huggingface"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CREDENTIAL_KEYS = (("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False), ("AWS_SESSION_TOKEN", True))
 #: Keys of the tracking Secrets that reach the Ray pods (each optional: a sink may need only some).
@@ -117,8 +115,8 @@ def _resources(
 
 def _env(job: CPTJob) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
+        # The model cache; hub downloads land in it too (<cache>/huggingface), so a PVC there keeps them.
         {"name": "CPT_CACHE_DIR", "value": CACHE_DIR},
-        {"name": "HF_HOME", "value": HF_HOME},
     ]
     if not job.spec.hub_models():
         # Nothing to fetch from the Hugging Face Hub: a stray lookup must not hang on a cluster without egress.
