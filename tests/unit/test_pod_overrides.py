@@ -242,6 +242,8 @@ def test_the_example_renders_and_validates() -> None:
         ({"image": "evil:latest"}, "spec.cluster.podOverrides[0].image"),
         ({"command": ["sh"]}, "spec.cluster.podOverrides[0].command"),
         ({"targets": ["driver"]}, "spec.cluster.podOverrides[0].targets[0]"),
+        ({"targets": []}, "spec.cluster.podOverrides[0].targets: must have at least 1 item"),
+        ({"targets": ["workers", "workers"]}, "spec.cluster.podOverrides[0].targets: lists a pod kind twice"),
         ({"affinity": {"nodeAffinity": {"required": {}}}}, "spec.cluster.podOverrides[0].affinity.nodeAffinity"),
         ({"tolerations": [{"tolerationSeconds": "long"}]}, "spec.cluster.podOverrides[0].tolerations[0]"),
     ],

@@ -163,7 +163,9 @@ class PodOverride(_Model):
     """Changes to the Ray pods, applied over what the operator builds (see the precedence in the
     user guide). Every field is optional; lists append, maps merge, single values replace."""
 
-    targets: list[PodTarget] = Field(default_factory=lambda: [PodTarget.head, PodTarget.workers], max_length=2)
+    targets: list[PodTarget] = Field(
+        default_factory=lambda: [PodTarget.head, PodTarget.workers], min_length=1, max_length=2
+    )
     """Which pods this override changes: `head`, `workers` or both (the default)."""
     labels: dict[str, Annotated[str, StringConstraints(max_length=63)]] = Field(default_factory=dict)
     """Pod labels, merged over the operator's (whose keys, and `cpt.dev/`/`ray.io/` ones, are reserved)."""
