@@ -24,7 +24,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, GetCoreSchemaHandler, GetJsonSchemaHandler, StringConstraints, model_validator
+from pydantic import AfterValidator, Field, GetJsonSchemaHandler, StringConstraints, model_validator
 
 from .base import FieldError, _Model
 
@@ -126,31 +126,32 @@ def _checked(kind: str) -> Any:
 
 @dataclass(frozen=True)
 class K8sShape:
-    """Marks a value as the core/v1 type `kind`: checked against its schema; in the CRD, that schema."""
+    """Marks a value as the core/v1 type `kind` in the CRD (that type's schema); `_checked` validates it."""
 
     kind: str
-
-    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> Any:
-        from pydantic_core import core_schema
-
-        return core_schema.no_info_after_validator_function(_checked(self.kind), handler(source))
 
     def __get_pydantic_json_schema__(self, schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
         return {"type": "string" if self.kind == "Quantity" else "object", "x-cpt-k8s": self.kind}
 
 
-EnvVar = Annotated[dict[str, Any], K8sShape("EnvVar")]
-EnvFromSource = Annotated[dict[str, Any], K8sShape("EnvFromSource")]
-Volume = Annotated[dict[str, Any], K8sShape("Volume")]
-VolumeMount = Annotated[dict[str, Any], K8sShape("VolumeMount")]
-Affinity = Annotated[dict[str, Any], K8sShape("Affinity")]
-K8sToleration = Annotated[dict[str, Any], K8sShape("Toleration")]
-TopologySpreadConstraint = Annotated[dict[str, Any], K8sShape("TopologySpreadConstraint")]
-PodSecurityContext = Annotated[dict[str, Any], K8sShape("PodSecurityContext")]
-SecurityContext = Annotated[dict[str, Any], K8sShape("SecurityContext")]
-LocalObjectReference = Annotated[dict[str, Any], K8sShape("LocalObjectReference")]
+EnvVar = Annotated[dict[str, Any], AfterValidator(_checked("EnvVar")), K8sShape("EnvVar")]
+EnvFromSource = Annotated[dict[str, Any], AfterValidator(_checked("EnvFromSource")), K8sShape("EnvFromSource")]
+Volume = Annotated[dict[str, Any], AfterValidator(_checked("Volume")), K8sShape("Volume")]
+VolumeMount = Annotated[dict[str, Any], AfterValidator(_checked("VolumeMount")), K8sShape("VolumeMount")]
+Affinity = Annotated[dict[str, Any], AfterValidator(_checked("Affinity")), K8sShape("Affinity")]
+K8sToleration = Annotated[dict[str, Any], AfterValidator(_checked("Toleration")), K8sShape("Toleration")]
+TopologySpreadConstraint = Annotated[
+    dict[str, Any], AfterValidator(_checked("TopologySpreadConstraint")), K8sShape("TopologySpreadConstraint")
+]
+PodSecurityContext = Annotated[
+    dict[str, Any], AfterValidator(_checked("PodSecurityContext")), K8sShape("PodSecurityContext")
+]
+SecurityContext = Annotated[dict[str, Any], AfterValidator(_checked("SecurityContext")), K8sShape("SecurityContext")]
+LocalObjectReference = Annotated[
+    dict[str, Any], AfterValidator(_checked("LocalObjectReference")), K8sShape("LocalObjectReference")
+]
 #: A resource quantity, a number or a string ("4", "500m", 1); as core/v1 ResourceList values.
-ResourceQuantity = Annotated[int | str, K8sShape("Quantity")]
+ResourceQuantity = Annotated[int | str, AfterValidator(_checked("Quantity")), K8sShape("Quantity")]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=253)]
 
 
