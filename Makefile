@@ -102,6 +102,7 @@ fmt: setup ## Format the code
 
 .PHONY: crd
 crd: setup ## Regenerate the CRD (manifests/ and the Helm chart) from the API models
+	$(BIN)/python hack/vendor_pod_schema.py
 	$(BIN)/cpt crd > manifests/crds/cpt.dev_cptjobs.yaml
 	$(BIN)/cpt crd --helm > charts/cpt-operator/templates/crds/cpt.dev_cptjobs.yaml
 

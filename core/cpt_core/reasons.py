@@ -99,6 +99,15 @@ class Reason(str, Enum):
         "a data URI (named in the message as `spec.data.sources[i].uris[j]`) or the s3:// model source lists no "
         "objects. Retried with backoff.",
     )
+    ModelNotFound = (
+        "ModelNotFound",
+        False,
+        PREFLIGHT,
+        "the Hugging Face Hub says an `hf://` model (named in the message) does not exist, is gated or private "
+        "for the token of `spec.model.tokenSecret`, or rejects that token; fix the id, the token or its access "
+        "on the Hub, or set `spec.model.mirror`. Not raised when the operator cannot reach the Hub (a setting). "
+        "Retried with backoff.",
+    )
     CheckpointNotOnObjectStorage = (
         "CheckpointNotOnObjectStorage",
         False,

@@ -36,7 +36,7 @@ def check_snapshot(name: str, objects: list[dict[str, Any]]) -> None:
     assert text == path.read_text(), f"{path} changed: review the diff, then CPT_UPDATE_SNAPSHOTS=1"
 
 
-@pytest.mark.parametrize("example", ["gpu-8b-instruct.yaml", "local-tiny.yaml"])
+@pytest.mark.parametrize("example", ["gpu-8b-instruct.yaml", "local-tiny.yaml", "cluster-overrides.yaml"])
 def test_rendered_objects_match_snapshots(example: str) -> None:
     j = job(example)
     check_snapshot(example.replace(".yaml", ".rendered.yaml"), [build_configmap(j), build_rayjob(j, 1, SETTINGS)])

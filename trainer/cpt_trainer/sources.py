@@ -2,11 +2,14 @@
 
 | source                         | resolved to                                                      |
 |--------------------------------|------------------------------------------------------------------|
-| `hf://org/name`                | the Hugging Face cache (offline when HF_HUB_OFFLINE=1 and cached) |
+| `hf://org/name`                | downloaded from the Hub into `<CPT_CACHE_DIR>/huggingface`, or the usual HF cache |
 | `s3://bucket/dir/`             | a local copy, downloaded once per node into the model cache       |
 | `file:///dir`, `/dir`, `dir`   | the directory itself                                             |
 | `.../model.gguf`               | its directory plus `gguf_file=model.gguf`                         |
 | `pkg://package/file.gguf`      | a file shipped inside an installed Python package                 |
+
+With `spec.model.mirror`, the job's resolved spec names `<mirror>/org/name/` instead of `hf://org/name`,
+which is then read like any s3:// source (no Hub access).
 
 A tokenizer converted from GGUF is saved next to the model cache, because converting it takes
 tens of seconds and the data pipeline loads it once per worker.
@@ -34,6 +37,14 @@ class ModelSourceError(ValueError):
 def cache_root() -> Path:
     """Where downloaded models and converted tokenizers live (per node)."""
     return Path(os.environ.get("CPT_CACHE_DIR") or Path.home() / ".cache" / "cpt")
+
+
+def hub_cache() -> Path | None:
+    """Where hf:// models are downloaded: inside the model cache when one is configured (on a cluster the
+    pods' /var/cache/cpt volume, so a PVC there keeps them across attempts); else the user's usual
+    Hugging Face cache (a laptop's models are reused)."""
+    configured = os.environ.get("CPT_CACHE_DIR")
+    return Path(configured) / "huggingface" if configured else None
 
 
 @contextlib.contextmanager
@@ -85,14 +96,22 @@ def resolve(source: str, storage: Storage | None = None, field: str = "spec.mode
         return _local(path, field, origin=source)
     if source.startswith("hf://"):
         repo = source[len("hf://") :].strip("/")
+        # HF_TOKEN (from spec.model.tokenSecret on a cluster) is read by huggingface_hub itself.
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         try:
             from huggingface_hub import snapshot_download
 
-            local = snapshot_download(repo, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
+            local = snapshot_download(repo, local_files_only=offline, cache_dir=hub_cache())
         except Exception as exc:
+            how = (
+                "pre-populate the cache (hf download) or unset HF_HUB_OFFLINE"
+                if offline
+                else "check the id; for a gated or private model set spec.model.tokenSecret; on a cluster without "
+                "internet egress set spec.model.mirror to an S3 copy"
+            )
+            where = "the Hugging Face cache" if offline else "the Hugging Face Hub"
             raise ModelSourceError(
-                f"{field}: cannot load '{repo}' from the Hugging Face cache ({type(exc).__name__}: {exc}); "
-                "pre-populate the cache (huggingface-cli download) or unset HF_HUB_OFFLINE"
+                f"{field}: cannot load '{repo}' from {where} ({type(exc).__name__}: {exc}); {how}"
             ) from None
         return ResolvedSource(Path(local), None, origin=source)
     if source.startswith("s3://"):

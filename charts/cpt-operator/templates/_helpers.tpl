@@ -74,3 +74,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: ["events"]
   verbs: ["create"]
 {{- end -}}
+
+{{/* Comma-separated names of a list of imagePullSecrets ([{name: a}, {name: b}] -> "a,b"). */}}
+{{- define "cpt-operator.pullSecretNames" -}}
+{{- $names := list -}}
+{{- range . -}}{{- $names = append $names .name -}}{{- end -}}
+{{- join "," $names -}}
+{{- end }}

@@ -15,6 +15,7 @@ import copy
 from typing import Any
 
 from . import v1alpha1 as api
+from .pods import structural
 from .v1alpha1 import DATA_SCHEMES, MODEL_SCHEMES
 
 # CEL rules, keyed by the dotted wire path of the node that carries them. Transition rules
@@ -105,6 +106,13 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
     "spec.model": [{"rule": "self == oldSelf", "message": f"spec.model {_IMMUTABLE}"}],
     "spec.model.source": _uri_rules("spec.model.source", MODEL_SCHEMES),
     "spec.model.tokenizer": _uri_rules("spec.model.tokenizer", MODEL_SCHEMES),
+    "spec.model.mirror": [
+        {
+            "rule": "self.startsWith('s3://')",
+            "message": "spec.model.mirror: must be an s3:// prefix, e.g. s3://models/hf/",
+        },
+        *_uri_rules("spec.model.mirror", ("s3",))[1:],
+    ],
     "spec.data.cacheUri": _uri_rules("spec.data.cacheUri", DATA_SCHEMES),
     # Up to 64 x 64 items: prefix tests only (a regex per item would exceed the API server's CEL cost budget).
     "spec.data.sources[*].uris[*]": [
@@ -196,6 +204,13 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
     "spec.deepspeed.zeroStage": [{"rule": "self == oldSelf", "message": f"spec.deepspeed.zeroStage {_IMMUTABLE}"}],
 }
 
+#: List semantics for server-side apply and strategic merges, keyed like CEL_RULES. Conditions are a map
+#: keyed by type, as metav1.Condition lists are in Kubernetes' own types (`+listType=map`,
+#: `+listMapKey=type`): two writers (the operator, a user's `kubectl patch`) merge by type.
+LIST_TYPES: dict[str, dict[str, Any]] = {
+    "status.conditions": {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+}
+
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Stage", "type": "string", "jsonPath": ".status.stage"},
@@ -258,6 +273,12 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[s
         if "description" in node:
             merged["description"] = node["description"]
         return _structural(merged, defs, path)
+    if "x-cpt-k8s" in node:
+        # A core/v1 shape (pods.k8s): Kubernetes' own structural schema, as KubeRay's CRD carries it.
+        shape = structural(node["x-cpt-k8s"])
+        if "description" in node:
+            shape["description"] = " ".join(node["description"].split())
+        return shape
     if "const" in node:
         node = {**node, "enum": [node["const"]]}
 
@@ -285,6 +306,7 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[s
             out["x-kubernetes-preserve-unknown-fields"] = True
     elif kind == "array":
         out["items"] = _structural(node["items"], defs, f"{path}[*]")
+        out.update(LIST_TYPES.get(path, {}))
     rules = CEL_RULES.get(path)
     if rules:
         out["x-kubernetes-validations"] = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rules]

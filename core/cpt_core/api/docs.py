@@ -10,8 +10,15 @@ from typing import Any
 
 from . import v1alpha1 as api
 
+#: Kubernetes' API reference, for the core/v1 shapes the API reuses (cpt_core.api.pods).
+K8S_REFERENCE = "https://kubernetes.io/docs/reference/generated/kubernetes-api/v1.33/"
+
 
 def _type(node: dict[str, Any]) -> str:
+    if "x-cpt-k8s" in node:
+        kind = node["x-cpt-k8s"]
+        anchor = "quantity-resource-core" if kind == "Quantity" else f"{kind.lower()}-v1-core"
+        return f"[core/v1 {kind}]({K8S_REFERENCE}#{anchor})"
     if "$ref" in node:
         name = node["$ref"].rsplit("/", 1)[-1]
         return f"[{name}](#{name.lower()})"

@@ -154,6 +154,7 @@ def recommendations(spec: api.CPTJobSpec) -> list[Problem]:
                 "checkpoint is written, so a failure restarts from step 0",
             )
         )
+    out += _network(spec)
     managed = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"}
     for key in sorted(managed & set(spec.deepspeed.config)):
         out.append(
@@ -162,4 +163,22 @@ def recommendations(spec: api.CPTJobSpec) -> list[Problem]:
                 "overrides the batch geometry derived from training.globalBatchTokens and microBatchSize",
             )
         )
+    return out
+
+
+def _network(spec: api.CPTJobSpec) -> list[Problem]:
+    """Models fetched from the Hugging Face Hub need internet access where the job runs."""
+    out = [
+        Problem(
+            field,
+            f"hf://{repo} is downloaded from the Hugging Face Hub when the job starts: a cluster without internet "
+            "egress (or behind a proxy: set HTTPS_PROXY in spec.cluster.podOverrides[].env) fails there; set "
+            "spec.model.mirror to an S3 copy of the Hub, or use an s3:// source",
+        )
+        for field, repo in spec.hub_models()
+    ]
+    uris = [spec.model.source, spec.model.tokenizer]
+    uris += [s.synthesize.generator.model for s in spec.data.sources if s.synthesize is not None]
+    if spec.model.mirror is not None and not any(uri and uri.startswith("hf://") for uri in uris):
+        out.append(Problem("spec.model.mirror", "unused: no model, tokenizer or generator is an hf:// id"))
     return out

@@ -15,8 +15,9 @@ from enum import Enum
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
-from pydantic.alias_generators import to_camel
 
+from .base import URI, DNSLabel, FieldError, Quantity, _Model
+from .pods import PodOverride, check_mounts
 from .progress import CheckpointRef, DataStatus, EvaluationStatus, OutputStatus, StageStatus, TrainingProgress
 
 GROUP = "cpt.dev"
@@ -39,42 +40,6 @@ INSTRUCTION_RANGE_PCT = (1.0, 5.0)
 
 MODEL_SCHEMES = ("hf", "s3", "file", "pkg")
 DATA_SCHEMES = ("s3", "file")
-
-DNSLabel = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
-#: A Kubernetes resource quantity such as "4", "500m", "16Gi".
-Quantity = Annotated[
-    str,
-    StringConstraints(
-        max_length=64,
-        pattern=r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$",
-    ),
-]
-URI = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
-
-
-class FieldError(ValueError):
-    """A validator error that belongs to a sub-path (`loc`) of the object being validated."""
-
-    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
-        super().__init__(message)
-        self.loc = loc
-        self.message = message
-
-
-class _Model(BaseModel):
-    """Base for every API object: camelCase aliases, unknown fields rejected, docstrings kept."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        use_attribute_docstrings=True,
-        validate_assignment=False,
-    )
-
-    def wire(self) -> dict[str, Any]:
-        """The object as it appears on the wire (camelCase, unset optionals omitted)."""
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 def _scheme(uri: str) -> str:
@@ -143,11 +108,40 @@ class ModelSpec(_Model):
     """Training precision. bfloat16 on GPUs; the trainer falls back to float32 on CPUs."""
     rope_scaling: RopeScaling | None = None
     """Optional RoPE scaling for context extension (set `data.sequenceLength` to the new length)."""
+    token_secret: SecretKeyRef | None = None
+    """A Secret holding a Hugging Face token for `hf://` models (gated or private ones): its key reaches
+    the Ray pods as HF_TOKEN by reference, never inlined. The operator's preflight uses it too."""
+    mirror: URI | None = None
+    """An S3 copy of the Hub for clusters without internet egress: `hf://org/name` is read from
+    `<mirror>/org/name/` (a model directory, e.g. written by `huggingface-cli download` and `aws s3 sync`)
+    instead of the Hugging Face Hub. Also applies to `tokenizer` and synthesis generator models."""
 
     @field_validator("source", "tokenizer")
     @classmethod
     def _source_scheme(cls, value: str | None) -> str | None:
         return None if value is None else _check_uri(value, MODEL_SCHEMES)
+
+    @field_validator("mirror")
+    @classmethod
+    def _mirror_scheme(cls, value: str | None) -> str | None:
+        if value is not None and _scheme(value) != "s3":
+            raise ValueError(f"must be an s3:// prefix, e.g. s3://models/hf/ (got {value!r})")
+        return None if value is None else _check_uri(value, ("s3",))
+
+    def from_mirror(self, uri: str | None) -> str | None:
+        """`uri` read from the mirror when it is an `hf://` id and a mirror is set; else unchanged."""
+        if uri is None or self.mirror is None or not uri.startswith("hf://"):
+            return uri
+        return self.mirror.rstrip("/") + "/" + uri[len("hf://") :].strip("/") + "/"
+
+
+class SecretKeyRef(_Model):
+    """One key of a Secret in the job's namespace."""
+
+    name: DNSLabel
+    """The Secret's name."""
+    key: Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")] = "HF_TOKEN"
+    """The key whose value is used."""
 
 
 # --------------------------------------------------------------------------- data
@@ -831,6 +825,17 @@ class ClusterSpec(_Model):
     """ServiceAccount of the Ray pods (e.g. one bound to a cloud IAM role)."""
     shm_size: Quantity = "8Gi"
     """Size of the memory-backed /dev/shm volume (NCCL and data loaders need more than the default 64M)."""
+    pod_overrides: list[PodOverride] = Field(default_factory=list, max_length=16)
+    """Changes to the Ray pods (env, volumes, affinity, securityContext, extra resources, ...), applied in
+    order over what the operator builds; each targets the head, the workers or both. See PodOverride."""
+
+    @model_validator(mode="after")
+    def _mounts(self) -> ClusterSpec:
+        try:
+            check_mounts(self.pod_overrides)
+        except FieldError as exc:
+            raise FieldError(("podOverrides", *exc.loc), exc.message) from None
+        return self
 
 
 class RunPolicy(_Model):
@@ -1037,8 +1042,21 @@ class CPTJobSpec(_Model):
             if source.synthesize is not None:
                 source.synthesize.output = self.synthesis_output(source)
                 if source.synthesize.generator.kind == GeneratorKind.model:
-                    source.synthesize.generator.model = source.synthesize.generator.model or self.model.source
+                    generator = source.synthesize.generator
+                    generator.model = self.model.from_mirror(generator.model or self.model.source)
+        spec.model.source = self.model.from_mirror(spec.model.source) or spec.model.source
+        spec.model.tokenizer = self.model.from_mirror(spec.model.tokenizer)
         return spec
+
+    def hub_models(self) -> list[tuple[str, str]]:
+        """(field, `org/name`) of every `hf://` model or tokenizer the pods fetch from the Hugging Face Hub
+        (none when spec.model.mirror is set: those are read from S3)."""
+        spec = self.resolved()
+        found = [("spec.model.source", spec.model.source), ("spec.model.tokenizer", spec.model.tokenizer)]
+        for i, source in enumerate(spec.data.sources):
+            if source.synthesize is not None:
+                found.append((f"spec.data.sources[{i}].synthesize.generator.model", source.synthesize.generator.model))
+        return [(field, uri[len("hf://") :].strip("/")) for field, uri in found if uri and uri.startswith("hf://")]
 
     def synthesis_output(self, source: DataSource) -> str:
         """Where a synthesised source's files go: synthesize.output, or `<cacheUri>/synthetic/<name>/`."""

@@ -11,14 +11,16 @@ import shlex
 from typing import Any
 
 import yaml
+from cpt_core.api.pods import CACHE_DIR, SPEC_MOUNT, PodTarget
 from cpt_core.api.v1alpha1 import API_VERSION, KIND, CPTJob, Resources
 
 from .names import configmap_name, rayjob_name
+from .overrides import apply_overrides
 from .settings import OperatorSettings
 
-SPEC_MOUNT = "/etc/cpt"
+__all__ = ["CACHE_DIR", "SPEC_MOUNT", "build_configmap", "build_rayjob"]
+
 SPEC_KEY = "job.yaml"
-CACHE_DIR = "/var/cache/cpt"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CREDENTIAL_KEYS = (("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False), ("AWS_SESSION_TOKEN", True))
 #: Keys of the tracking Secrets that reach the Ray pods (each optional: a sink may need only some).
@@ -113,10 +115,16 @@ def _resources(
 
 def _env(job: CPTJob) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
+        # The model cache; hub downloads land in it too (<cache>/huggingface), so a PVC there keeps them.
         {"name": "CPT_CACHE_DIR", "value": CACHE_DIR},
-        {"name": "HF_HUB_OFFLINE", "value": "1"},
-        {"name": "TOKENIZERS_PARALLELISM", "value": "false"},
     ]
+    if not job.spec.hub_models():
+        # Nothing to fetch from the Hugging Face Hub: a stray lookup must not hang on a cluster without egress.
+        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
+    env.append({"name": "TOKENIZERS_PARALLELISM", "value": "false"})
+    token = job.spec.model.token_secret
+    if token is not None:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}})
     secret = job.spec.storage.credentials_secret
     if secret:
         for key, optional in CREDENTIAL_KEYS:
@@ -177,7 +185,9 @@ def _pod_template(
         spec["priorityClassName"] = cluster.priority_class_name
     if cluster.service_account_name:
         spec["serviceAccountName"] = cluster.service_account_name
-    return {"metadata": {"labels": labels(job, attempt)}, "spec": spec}
+    template = {"metadata": {"labels": labels(job, attempt)}, "spec": spec}
+    target = PodTarget.head if head else PodTarget.workers
+    return apply_overrides(template, cluster.pod_overrides, target, settings.image_pull_secrets)
 
 
 def entrypoint(job: CPTJob, attempt: int, settings: OperatorSettings) -> str:

@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from .builders import CREDENTIAL_KEYS, build_configmap, build_rayjob
 from .evidence import copy_attempt_logs
+from .hub import hub_preflight
 from .kube import ApiError, ForeignObject, Kube
 from .metrics import Metrics
 from .preflight import check_storage
@@ -230,6 +231,8 @@ class Reconciler:
                 preflight = await self.gate.run(storage, check_storage, job, secret, storage)
             except Unreachable as exc:
                 preflight = PreflightResult(False, Reason.StorageUnreachable, str(exc))
+            if preflight.ok:
+                preflight = await hub_preflight(self.kube, job, self.settings) or preflight
             if not preflight.ok:
                 self.metrics.preflight_failures.labels(reason=preflight.reason).inc()
 

@@ -22,6 +22,9 @@ class OperatorSettings(BaseModel):
     """Ray version of the trainer image (KubeRay's rayVersion)."""
     image_pull_policy: str = "IfNotPresent"
     """Pull policy of the Ray pods."""
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    """Secrets (in each job's namespace) to pull the trainer image with, on every Ray pod; a job adds its
+    own with spec.cluster.podOverrides[].imagePullSecrets. Comma-separated in the environment."""
     poll_seconds: float = 10.0
     """How often each active job's RayJob and progress file are read."""
     preflight_backoff_seconds: float = 10.0
@@ -62,6 +65,12 @@ class OperatorSettings(BaseModel):
     """Upper bound on copying one ended attempt's logs; the RayJob goes (or is kept) after it either way."""
     log_format: Literal["text", "json"] = "text"
     """Log format of the operator: text (one line per record) or json (one JSON object per line, kopf's)."""
+    hub_preflight: Literal["check", "skip"] = "check"
+    """`check`: before requesting pods, ask the Hugging Face Hub whether each hf:// model exists and the token
+    can read it (when the operator cannot reach the Hub, the job goes on with a warning in the log);
+    `skip`: never contact the Hub (an operator without egress)."""
+    hub_timeout_seconds: float = 10.0
+    """Upper bound on the Hub preflight of one job (all its hf:// models)."""
     s3_endpoint: str | None = None
     """S3 endpoint the operator itself uses instead of spec.storage.endpoint (an operator outside the
     cluster network, e.g. a port-forward); the pods always use spec.storage.endpoint."""
