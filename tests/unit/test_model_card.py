@@ -79,6 +79,16 @@ def test_card_metadata_and_recipe_read_back(tmp_path: Path) -> None:
     assert "163,840 tokens in all" in card.text
 
 
+def test_a_mirrored_hub_model_is_still_the_base_model(tmp_path: Path) -> None:
+    doc = job_doc()
+    doc["spec"]["model"].update(source="hf://HuggingFaceTB/SmolLM2-135M", mirror="s3://models-mirror/hf/")
+    job = parse_job(doc)
+    resolved = job.spec.resolved()  # what the trainer exports with: the source reads from the mirror
+    assert resolved.model.source == "s3://models-mirror/hf/HuggingFaceTB/SmolLM2-135M/"
+    model_card(resolved, job.metadata.name, SUMMARY).save(tmp_path / "README.md")
+    assert ModelCard.load(tmp_path / "README.md").data.to_dict()["base_model"] == "HuggingFaceTB/SmolLM2-135M"
+
+
 def test_card_evaluation_table(tmp_path: Path) -> None:
     card = written_card(tmp_path, job_doc())
     rows = {line.split("|")[1].strip(): line for line in card.text.splitlines() if line.startswith("| ")}

@@ -45,12 +45,21 @@ def base_card(directory: Path | None) -> dict[str, Any]:
         return {}
 
 
+def base_model_id(spec: CPTJobSpec) -> str | None:
+    """The Hub id the job continued: `hf://org/name`, also when a resolved spec reads it from its mirror."""
+    source, mirror = spec.model.source, spec.model.mirror
+    if source.startswith("hf://"):
+        return hub_id(source)
+    if mirror is not None and source.startswith(mirror.rstrip("/") + "/"):
+        return source[len(mirror.rstrip("/")) + 1 :].strip("/") or None
+    return None
+
+
 def card_data(spec: CPTJobSpec, job: str, base: dict[str, Any]) -> ModelCardData:
-    source = spec.model.source
     datasets = list(dict.fromkeys(hub_id(uri) for s in spec.data.sources for uri in s.uris))
     return ModelCardData(
         model_name=job,
-        base_model=hub_id(source) if source.startswith("hf://") else None,
+        base_model=base_model_id(spec),
         datasets=datasets or None,
         license=spec.checkpoint.export.license or base.get("license"),
         language=base.get("language"),
