@@ -208,7 +208,8 @@ def test_failed_attempt_restarts_from_the_checkpoint(
     set_rayjob_status(cluster, "flaky-a1", "Failed", "FAILED", reason="AppFailed", message="worker node lost")
     st = wait_for(lambda: status(cluster, "flaky").get("attempt") == 2 and status(cluster, "flaky"), what="attempt 2")
     assert st["restarts"] == 1 and st["rayJobName"] == "flaky-a2"
-    # The failed attempt's evidence: its pods' logs copied (the head's cut to its last 4 kB, marked), its RayJob kept.
+    # The failed attempt's evidence: its pods' logs copied (the head's cut to its last 4 kB, marked). Its RayJob
+    # goes (a restart follows: its cluster's GPUs are for attempt 2).
     where = "runs/flaky/logs/attempt-1/"
     assert st["logsUri"] == f"s3://{s3.bucket}/runs/flaky/logs/"
     assert "RuntimeError: worker node lost" in s3_text(s3, where + "driver-flaky-a1-sub12-c.log")
@@ -216,8 +217,8 @@ def test_failed_attempt_restarts_from_the_checkpoint(
     assert head_copy.startswith("[cpt-operator: log truncated: the first ") and head_copy.endswith("head line 00999\n")
     assert len(head_copy.encode()) < 4096 + 200
     assert json.loads(s3_text(s3, where + "rayjob-status.json"))["status"]["message"] == "worker node lost"
-    assert [k["name"] for k in st["keptRayJobs"]] == ["flaky-a1"]
-    assert cluster.get(RAYJOBS, "ml", "flaky-a1") is not None  # kept for runPolicy.ttlSecondsAfterFinished (1 h)
+    assert not st.get("keptRayJobs")
+    wait_for(lambda: cluster.get(RAYJOBS, "ml", "flaky-a1") is None, what="attempt 1's RayJob deleted")
     copied = next(e for e in cluster.list(EVENTS, "ml") if e["reason"] == "LogsCopied")
     assert f"copied to s3://{s3.bucket}/{where}" in copied["message"] and "1 driver, 1 head" in copied["message"]
     assert cluster.get(RAYJOBS, "ml", "flaky-a2")["spec"]["entrypoint"].startswith(
@@ -238,7 +239,8 @@ def test_failed_attempt_restarts_from_the_checkpoint(
     set_rayjob_status(cluster, "flaky-a2", "Failed", "FAILED", reason="AppFailed", message="again")
     st = wait_for(phase_is(cluster, "flaky", "Failed"), what="Failed after maxRestarts")
     assert {c["type"]: c["reason"] for c in st["conditions"]}["Failed"] == "RestartLimitReached"
-    assert [k["name"] for k in st["keptRayJobs"]] == ["flaky-a1", "flaky-a2"]
+    assert [k["name"] for k in st["keptRayJobs"]] == ["flaky-a2"]  # the last attempt: kept for the TTL (1 h)
+    assert cluster.get(RAYJOBS, "ml", "flaky-a2") is not None
     assert ("Warning", "LogsNotCopied") in events_for(cluster, "flaky")  # attempt 2 had no pods to copy from
 
 

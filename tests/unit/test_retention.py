@@ -1,4 +1,5 @@
-"""An ended attempt's RayJob: its logs copied first, then kept for runPolicy.ttlSecondsAfterFinished (pure part)."""
+"""An ended attempt's RayJob: its logs copied first, then deleted -- or, for a job's last attempt, kept for
+runPolicy.ttlSecondsAfterFinished (pure part)."""
 
 from __future__ import annotations
 
@@ -40,17 +41,29 @@ def failed_rayjob(name: str = "legal-a1") -> dict[str, Any]:
     }
 
 
-def test_a_failed_attempt_is_kept_for_the_ttl_with_its_logs_copied_first() -> None:
+def test_a_failed_attempt_that_restarts_goes_with_its_logs_copied_first() -> None:
     decision = reconcile(job(Phase.Running), Observed(failed_rayjob(), now=NOW))
     assert decision.status.phase == Phase.Restarting
-    assert decision.actions == [DeleteRayJob("legal-a1", "r-1", logs_of=1, keep=True)]
+    assert decision.actions == [DeleteRayJob("legal-a1", "r-1", logs_of=1, keep=False)]
     assert decision.status.logs_uri == "s3://bucket/runs/legal/logs/"
+    assert decision.status.kept_ray_jobs == []  # its cluster's GPUs are for the next attempt
+
+
+def test_the_last_failed_attempt_is_kept_for_the_ttl_with_its_logs_copied_first() -> None:
+    last = job(Phase.Running, attempt=3, restarts=2)  # maxRestarts 2 used: this failure is final
+    decision = reconcile(last, Observed(failed_rayjob("legal-a3"), now=NOW))
+    assert decision.status.phase == Phase.Failed
+    assert decision.actions == [DeleteRayJob("legal-a3", "r-1", logs_of=3, keep=True)]
     assert decision.status.kept_ray_jobs == [
-        KeptRayJob(name="legal-a1", uid="r-1", delete_after="2026-11-27T13:00:00Z")
+        KeptRayJob(name="legal-a3", uid="r-1", delete_after="2026-11-27T13:00:00Z")
     ]
-    # The kept RayJob is no longer the one observed: the next attempt starts beside it, with its own name.
+    # The kept RayJob is no longer the one observed.
     assert current_rayjob_name(decision.status) is None
-    nxt = job(Phase.Restarting, **{"kept_ray_jobs": decision.status.kept_ray_jobs, "restarts": 1})
+
+
+def test_a_kept_rayjob_does_not_stop_a_new_attempt_beside_it() -> None:
+    kept = [KeptRayJob(name="legal-a1", uid="r-1", delete_after="2026-11-27T13:00:00Z")]
+    nxt = job(Phase.Restarting, **{"kept_ray_jobs": kept, "restarts": 1})
     launched = reconcile(nxt, Observed(None, preflight=PreflightResult(True), now=NOW + dt.timedelta(seconds=5)))
     assert launched.actions == [CreateAttempt(2)] and launched.status.ray_job_name == "legal-a2"
     assert current_rayjob_name(launched.status) == "legal-a2"
@@ -66,9 +79,11 @@ def test_a_kept_rayjob_is_deleted_when_its_time_is_up() -> None:
     assert DeleteRayJob("legal-a1", "r-1") in late.actions and late.status.kept_ray_jobs == []
 
 
-def test_without_a_ttl_the_rayjob_goes_at_once_after_the_copy() -> None:
-    decision = reconcile(job(Phase.Running, ttl=0), Observed(failed_rayjob(), now=NOW))
-    assert decision.actions == [DeleteRayJob("legal-a1", "r-1", logs_of=1, keep=False)]
+def test_without_a_ttl_even_the_last_attempt_goes_at_once_after_the_copy() -> None:
+    last = job(Phase.Running, attempt=3, ttl=0, restarts=2)
+    decision = reconcile(last, Observed(failed_rayjob("legal-a3"), now=NOW))
+    assert decision.status.phase == Phase.Failed
+    assert decision.actions == [DeleteRayJob("legal-a3", "r-1", logs_of=3, keep=False)]
     assert decision.status.kept_ray_jobs == []
 
 

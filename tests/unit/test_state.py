@@ -129,7 +129,7 @@ CASES = [
         job(Phase.Running, 1, **CHECKPOINTED),
         Observed(rayjob("Failed", "FAILED"), progress(), now=NOW),
         Phase.Restarting,
-        [DeleteRayJob("legal-a1", logs_of=1, keep=True)],
+        [DeleteRayJob("legal-a1", logs_of=1, keep=False)],  # logs copied, then it goes: GPUs for attempt 2
         ["AttemptFailed", "Restarting"],
         attempt=1,
         restarts=1,
@@ -171,7 +171,7 @@ CASES = [
             now=NOW,
         ),
         Phase.Restarting,
-        [DeleteRayJob("legal-a1", logs_of=1, keep=True)],
+        [DeleteRayJob("legal-a1", logs_of=1, keep=False)],  # logs copied, then it goes: GPUs for attempt 2
         ["AttemptFailed", "Restarting"],
         restarts=1,
     ),
@@ -180,7 +180,7 @@ CASES = [
         job(Phase.Running, 1, **CHECKPOINTED),
         Observed(rayjob("Complete", "SUCCEEDED"), progress("interrupted", reason="Interrupted"), now=NOW),
         Phase.Restarting,
-        [DeleteRayJob("legal-a1", logs_of=1, keep=True)],
+        [DeleteRayJob("legal-a1", logs_of=1, keep=False)],  # logs copied, then it goes: GPUs for attempt 2
         ["AttemptFailed", "Restarting"],
         restarts=1,
     ),

@@ -403,8 +403,11 @@ def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None
 
     if failure is not None:
         reason, message = failure
+        final = Reason.is_terminal(reason) or status.restarts >= spec.run_policy.max_restarts
         if rayjob is not None:
-            retire(decision, job, rayjob, now, keep=True)
+            # Logs are copied either way. The RayJob of a job's last attempt is kept for inspection; one
+            # followed by a restart goes at once, so its cluster's GPUs go to the next attempt.
+            retire(decision, job, rayjob, now, keep=final)
         if Reason.is_terminal(reason):
             finish(Phase.Failed, reason, message)
             return decision
