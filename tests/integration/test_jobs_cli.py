@@ -139,8 +139,12 @@ def test_logs_follow_the_live_attempt_then_read_the_copies(
     # `cpt logs --attempt 1` reads the copies (with the job's Secret: this user may read it).
     rayjob_status(cluster, "told-a1", "Failed", "FAILED", reason="AppFailed", message="boom")
     wait_for(lambda: cluster.get(RAYJOBS, "ml", "told-a2"), what="attempt 2")
-    for pod in ("told-a1-abcde", "told-a1-rc-head-x"):
-        cluster.delete(PODS, "ml", pod)
+    # A restarted attempt's RayJob is deleted after the copy, and its pods with it (owner references).
+    wait_for(lambda: cluster.get(RAYJOBS, "ml", "told-a1") is None, what="attempt 1's RayJob deleted")
+    wait_for(
+        lambda: all(cluster.get(PODS, "ml", p) is None for p in ("told-a1-abcde", "told-a1-rc-head-x")),
+        what="attempt 1's pods gone",
+    )
     copied = cli(env, "logs", "told", "--attempt", "1", "--tail", "1")
     assert copied.returncode == 0, copied.stderr
     assert copied.stdout == "Traceback: RuntimeError: boom\n"
