@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from .api import v1alpha1 as api
-from .api.validation import InvalidJob, Problem, UnreadableFile
+from .api.validation import UnreadableFile, parse_documents
 
 #: What a directory contributes: the manifests kubectl would read from it (not recursive).
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -71,15 +71,7 @@ def read(arg: str, stdin: Any = None) -> tuple[str, str, Path]:
 
 def parse(label: str, text: str, base_dir: Path) -> list[Document]:
     """Every non-empty document of `text`. Raises InvalidJob for a YAML syntax error or an empty input."""
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise InvalidJob(label, [Problem("", f"invalid YAML: {where}{problem}")]) from None
-    if not docs:
-        raise InvalidJob(label, [Problem("", "no YAML documents in file")])
+    docs = parse_documents(label, text)
     # A kubectl-style List (`kubectl get -o yaml`, `cpt render -o json`) holds its documents in items.
     flat: list[Any] = []
     for doc in docs:

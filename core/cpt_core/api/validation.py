@@ -393,15 +393,20 @@ def load_documents(path: str | Path) -> list[Any]:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise UnreadableFile(f"{path}: cannot read file: {reason}") from None
+    return parse_documents(str(path), text)
+
+
+def parse_documents(label: str, text: str) -> list[Any]:
+    """Every non-empty YAML document of `text`. Raises InvalidJob (naming `label`) for a syntax error or none."""
     try:
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise InvalidJob(str(path), [Problem("", f"invalid YAML: {where}{problem}")]) from None
+        raise InvalidJob(label, [Problem("", f"invalid YAML: {where}{problem}")]) from None
     if not docs:
-        raise InvalidJob(str(path), [Problem("", "no YAML documents in file")])
+        raise InvalidJob(label, [Problem("", "no YAML documents in file")])
     return docs
 
 
