@@ -9,16 +9,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import kopf
 import pytest
-from cpt_core.api.progress import CheckpointRef, EvalResult, EvaluationStatus, OutputStatus, Progress, TrainingProgress
+from cpt_core.api.progress import CheckpointRef, EvalResult, EvaluationStatus, OutputStatus, TrainingProgress
 from cpt_operator.controller.settings import OperatorSettings
 
 from devkit.cluster import cluster_job, create_secret, start_cluster, upload_example_data, wait_for
 from devkit.k8s_emulator import CONFIGMAPS, CPTJOBS, EVENTS, PODS, RAYJOBS, EmulatorThread
 from devkit.seaweed import SeaweedS3
+from tests.support.operator_checks import phase_is, set_rayjob_status, status, write_progress
 from tests.support.operator_runner import OperatorThread
 
 
@@ -47,36 +47,8 @@ def operator(cluster: EmulatorThread, s3: SeaweedS3) -> Iterator[OperatorThread]
     assert thread.error is None, thread.error
 
 
-def status(cluster: EmulatorThread, name: str, ns: str = "ml") -> dict[str, Any]:
-    obj = cluster.get(CPTJOBS, ns, name)
-    return (obj or {}).get("status") or {}
-
-
-def phase_is(cluster: EmulatorThread, name: str, phase: str) -> Any:
-    return lambda: status(cluster, name).get("phase") == phase and status(cluster, name)
-
-
 def events_for(cluster: EmulatorThread, name: str) -> list[tuple[str, str]]:
     return [(e["type"], e["reason"]) for e in cluster.list(EVENTS, "ml") if e["involvedObject"]["name"] == name]
-
-
-def write_progress(
-    cluster: EmulatorThread, s3: SeaweedS3, name: str, state: str, attempt: int = 1, **sections: Any
-) -> None:
-    """What the trainer of `name`'s current incarnation would write (job, uid and attempt are its own)."""
-    uid = cluster.get(CPTJOBS, "ml", name)["metadata"]["uid"]
-    progress = Progress(job=name, uid=uid, attempt=attempt, state=state, **sections)  # type: ignore[arg-type]
-    s3.client().put_object(Bucket=s3.bucket, Key=f"runs/{name}/_status/progress.json", Body=progress.to_json().encode())
-
-
-def set_rayjob_status(cluster: EmulatorThread, name: str, deployment: str, job_status: str, **extra: Any) -> None:
-    cluster.patch(
-        RAYJOBS,
-        "ml",
-        name,
-        {"status": {"jobDeploymentStatus": deployment, "jobStatus": job_status, **extra}},
-        subresource="status",
-    )
 
 
 def add_pod(cluster: EmulatorThread, rayjob: str, pod: str, labels: dict[str, str], log: Path) -> None:
