@@ -35,7 +35,7 @@ import numpy as np
 from cpt_core.storage import Storage
 from cpt_trainer.data import RankLoader, build_sampler, prepare
 from cpt_trainer.data.sampler import BlendedSampler, SourceInfo
-from cpt_trainer.sources import load_tokenizer
+from cpt_trainer.model.source import load_tokenizer
 from devkit.jobs import tiny_job
 
 
@@ -219,7 +219,7 @@ def main() -> None:
             "tokens": {"bare": bare_tokens, "ours": ours_tokens, "datasets": hf_tokens},
         }
         if not args.skip_ray:
-            from cpt_trainer.local_ray import local_ray
+            from cpt_trainer.launch.local_ray import local_ray
 
             with local_ray(num_cpus=2):
                 ray_s, ray_tokens = bench_prepare(spec_for("cache-2"), tokenizer, use_ray=True)

@@ -119,9 +119,9 @@ def run(args: Any, seq_len: int, device: torch.device) -> dict[str, Any]:
     from cpt_core.api.v1alpha1 import CPTJobSpec
     from cpt_core.storage import S3Settings, Storage
     from cpt_trainer.data import prepare
-    from cpt_trainer.engine import init_distributed_single_process
-    from cpt_trainer.hooks import StepTimes
-    from cpt_trainer.trainer import RunContext, Trainer
+    from cpt_trainer.distributed import init_distributed_single_process
+    from cpt_trainer.train.hooks import StepTimes
+    from cpt_trainer.train.trainer import RunContext, Trainer
     from devkit.jobs import tiny_job_doc
 
     config = SMOKE if args.cpu_smoke else ONE_B

@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 from cpt_core.storage import Storage, parse_uri
-from cpt_trainer.checkpoint import digest_dir
+from cpt_core.storage.digest import digest_dir
 from cpt_trainer.data import Manifest, prepare
 from cpt_trainer.data.cache import cached_manifest
-from cpt_trainer.sources import load_tokenizer
+from cpt_trainer.model.source import load_tokenizer
 
 from devkit.huge_document import WORDS, measure
 from devkit.jobs import TINY_MODEL, tiny_job

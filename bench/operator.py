@@ -37,8 +37,8 @@ import yaml
 
 BARE_OPERATOR = """
 import kopf, aiohttp, os
-from cpt_core.api.validation import parse_job
-from cpt_operator.controller.builders import build_rayjob
+from cpt_core.validation.validate import parse_job
+from cpt_operator.controller.build.manifests import build_rayjob
 from cpt_operator.controller.settings import OperatorSettings
 
 @kopf.on.startup()

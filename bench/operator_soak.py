@@ -84,7 +84,8 @@ def soak(jobs: int, wave: int, hanging_share: float, work: Path) -> dict[str, An
     from devkit.k8s_emulator import CPTJOBS, RAYJOBS
     from devkit.seaweed import SeaweedS3
 
-    from cpt_core.api.progress import OutputStatus, Progress, TrainingProgress
+    from cpt_core.api.v1alpha1.status import OutputStatus
+    from cpt_core.api.progress import Progress, TrainingProgress
 
     results: dict[str, Any] = {"jobs": jobs, "wave": wave, "hanging_share": hanging_share, "waves": []}
     with SeaweedS3(work / "s3") as s3, FaultyEndpoint() as hole_a, FaultyEndpoint() as hole_b:

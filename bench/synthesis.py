@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cpt_core.storage import Storage
-from cpt_trainer.local_ray import local_ray
+from cpt_trainer.launch.local_ray import local_ray
 from cpt_trainer.synthesis import synthesize_source
 from cpt_trainer.synthesis.writers import ClozeWriter, ModelWriter, SourceDocument
 from devkit.jobs import tiny_job
@@ -86,7 +86,7 @@ def bare_model(texts: list[str], settings: dict[str, Any], model_uri: str) -> di
     """The same model, prompts and batches through a bare transformers generate() loop."""
     import torch
     from cpt_core.api.v1alpha1 import SynthesisGenerator
-    from cpt_trainer.sources import load_tokenizer, resolve
+    from cpt_trainer.model.source import load_tokenizer, resolve
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(1)

@@ -41,10 +41,10 @@ import torch
 from cpt_core.api.v1alpha1 import CPTJobSpec
 from cpt_core.storage import S3Settings, Storage
 from cpt_trainer.data import prepare
-from cpt_trainer.engine import init_distributed_single_process
-from cpt_trainer.hooks import StepTimes
-from cpt_trainer.train_state import RNGState
-from cpt_trainer.trainer import RunContext, Trainer
+from cpt_trainer.distributed import init_distributed_single_process
+from cpt_trainer.train.hooks import StepTimes
+from cpt_trainer.train.state import RNGState
+from cpt_trainer.train.trainer import RunContext, Trainer
 from devkit.jobs import tiny_job_doc
 from devkit.seaweed import SeaweedS3
 
@@ -143,9 +143,9 @@ def bench_step_time(work: Path, size: str, steps: int = 40, warmup: int = 5) -> 
 
 
 def bench_ray(work: Path) -> dict[str, Any]:
-    from cpt_core.api.validation import parse_job
-    from cpt_trainer.launch import LaunchOptions, run_job
-    from cpt_trainer.local_ray import local_ray
+    from cpt_core.validation.validate import parse_job
+    from cpt_trainer.launch.driver import LaunchOptions, run_job
+    from cpt_trainer.launch.local_ray import local_ray
 
     steps = 40
     doc = tiny_job_doc(
@@ -200,7 +200,7 @@ def bench_ray(work: Path) -> dict[str, Any]:
 
 
 def bench_checkpoint(work: Path) -> dict[str, Any]:
-    from cpt_trainer.checkpoint import CheckpointStore
+    from cpt_trainer.checkpoint.store import CheckpointStore
 
     with SeaweedS3(work / "s3") as s3:
         settings = S3Settings(endpoint=s3.endpoint, access_key_id=s3.access_key, secret_access_key=s3.secret_key)

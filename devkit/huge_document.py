@@ -50,7 +50,7 @@ def _high_water_mark() -> int:
 def main(work: Path, size: int) -> None:
     from cpt_core.storage import Storage
     from cpt_trainer.data import prepare
-    from cpt_trainer.sources import load_tokenizer
+    from cpt_trainer.model.source import load_tokenizer
 
     from devkit.jobs import TINY_MODEL, tiny_job
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 from cpt_core.api.v1alpha1 import CPTJob
-from cpt_core.api.validation import parse_job
+from cpt_core.validation.validate import parse_job
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = ROOT / "examples" / "models" / "tiny-llama"

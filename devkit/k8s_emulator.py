@@ -547,7 +547,7 @@ NAMESPACES: Key = ("", "v1", "namespaces")
 
 def cluster_with_cpt_and_kuberay(rayjob_schema: dict[str, Any] | None = None) -> FaithfulKubernetes:
     """An emulator serving what the operator uses, validating CPTJobs (and RayJobs) like the API server."""
-    from cpt_core.api.validation import cel_violations, schema_errors
+    from cpt_core.validation.validate import cel_violations, schema_errors
 
     k8s = FaithfulKubernetes()
     k8s.declare("cpt.dev", "v1alpha1", "cptjobs", "CPTJob", subresources=("status",))

@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, str(ROOT))  # `hack.` is a package both for `make docs` and for the drift test
 
-from cpt_core.api.docs import api_reference, progress_reference  # noqa: E402
-from cpt_core.reasons import reasons_table  # noqa: E402
+from cpt_core.contract.reasons import reasons_table  # noqa: E402
+from cpt_core.schema.docs import api_reference, progress_reference  # noqa: E402
 
 from hack.chart_readme import chart_readme  # noqa: E402
 

@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cpt_operator.controller.builders import dump_yaml  # noqa: E402
+from cpt_operator.controller.build.manifests import dump_yaml  # noqa: E402
 
 from devkit.chart import render  # noqa: E402
 

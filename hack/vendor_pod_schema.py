@@ -1,5 +1,5 @@
 """Extract the Kubernetes pod shapes that `spec.cluster.podOverrides` accepts from KubeRay's v1.7.0
-RayJob CRD into `core/cpt_core/api/k8s_pod_schema.json` (run by `make crd`; a test fails on drift).
+RayJob CRD into `core/cpt_core/api/v1alpha1/k8s_pod_schema.json` (run by `make crd`; a test fails on drift).
 
 The shapes are Kubernetes' own (core/v1 EnvVar, Volume, Affinity, ...), as KubeRay's CRD embeds them
 in its pod template: the CPTJob CRD reuses them verbatim instead of re-typing them in pydantic, and
@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from devkit.cluster import rayjob_schema  # noqa: E402
 
-TARGET = ROOT / "core" / "cpt_core" / "api" / "k8s_pod_schema.json"
+TARGET = ROOT / "core" / "cpt_core" / "api" / "v1alpha1" / "k8s_pod_schema.json"
 
 
 def extract() -> dict[str, Any]:

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from cpt_core.api.progress import Progress
 from cpt_core.api.v1alpha1 import CPTJobSpec
+from cpt_core.contract import layout
 from cpt_core.storage import S3Settings, Storage
-from cpt_trainer.checkpoint import COMMITTED, MANIFEST, STATE_FILE
 from cpt_trainer.data import prepare
-from cpt_trainer.engine import init_distributed_single_process
-from cpt_trainer.trainer import RunContext, Trainer
+from cpt_trainer.distributed import init_distributed_single_process
+from cpt_trainer.train.trainer import RunContext, Trainer
 
 from devkit.jobs import tiny_job
 from tests.support.faults import Faults, InjectedFault
@@ -74,7 +74,9 @@ def crashed_after_step_7(reference: tuple[Path, dict[int, float]], tmp_path: Pat
 
 DAMAGE = {
     # finding 2: a truncated trainer state was a bare JSONDecodeError, retried; no fallback
-    "truncated trainer_state.json": lambda d: (d / STATE_FILE).write_text((d / STATE_FILE).read_text()[:40]),
+    "truncated trainer_state.json": lambda d: (d / layout.TRAINER_STATE).write_text(
+        (d / layout.TRAINER_STATE).read_text()[:40]
+    ),
     # finding 2: a deleted optimizer shard was a FileNotFoundError on a temp path, retried; no fallback
     "deleted optimizer shard": lambda d: (d / "ckpt" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").unlink(),
     # finding 6: a missing rank state was ignored: the RNG state was silently lost
@@ -124,7 +126,7 @@ def test_when_every_checkpoint_is_damaged_the_run_starts_from_the_starting_weigh
 ) -> None:
     run = crashed_after_step_7(reference, tmp_path)
     for step in (2, 4, 6):
-        (run / f"step-{step:08d}" / STATE_FILE).write_text("{")
+        (run / f"step-{step:08d}" / layout.TRAINER_STATE).write_text("{")
     resumed = make_trainer(spec_for(run), attempt=2)
     assert resumed.step == 0
     assert sorted(p.name[:13] for p in (run / "_damaged").iterdir()) == [f"step-{s:08d}" for s in (2, 4, 6)]
@@ -135,14 +137,17 @@ def test_when_every_checkpoint_is_damaged_the_run_starts_from_the_starting_weigh
 
 def test_the_manifest_lists_every_ranks_files_with_checksums(reference: tuple[Path, dict[int, float]]) -> None:
     step = reference[0] / "step-00000008"
-    manifest = json.loads((step / MANIFEST).read_text())
-    on_disk = {p.relative_to(step).as_posix() for p in step.rglob("*") if p.is_file()} - {MANIFEST, COMMITTED}
+    manifest = json.loads((step / layout.MANIFEST).read_text())
+    on_disk = {p.relative_to(step).as_posix() for p in step.rglob("*") if p.is_file()} - {
+        layout.MANIFEST,
+        layout.COMMITTED,
+    }
     assert set(manifest["files"]) == on_disk
     assert all(len(entry["sha256"]) == 64 for entry in manifest["files"].values())
-    marker = json.loads((step / COMMITTED).read_text())
+    marker = json.loads((step / layout.COMMITTED).read_text())
     import hashlib
 
-    assert marker["manifestSha256"] == hashlib.sha256((step / MANIFEST).read_bytes()).hexdigest()
+    assert marker["manifestSha256"] == hashlib.sha256((step / layout.MANIFEST).read_bytes()).hexdigest()
 
 
 def test_checkpoints_written_before_manifests_still_resume_and_are_checked(
@@ -151,8 +156,8 @@ def test_checkpoints_written_before_manifests_still_resume_and_are_checked(
     run = crashed_after_step_7(reference, tmp_path)
     for step in (2, 4, 6):  # as the previous version wrote them
         directory = run / f"step-{step:08d}"
-        (directory / MANIFEST).unlink()
-        (directory / COMMITTED).write_text(json.dumps({"step": step, "attempt": 1}))
+        (directory / layout.MANIFEST).unlink()
+        (directory / layout.COMMITTED).write_text(json.dumps({"step": step, "attempt": 1}))
     shard = run / "step-00000006" / "ckpt" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
     shard.write_bytes(shard.read_bytes()[:-100])  # cut short: torch's zip CRCs catch it
     resumed = make_trainer(spec_for(run), attempt=2)
@@ -194,7 +199,7 @@ def test_a_run_of_two_processes_resumes_with_one(tmp_path: Path, zero_stage: int
     reference = {int(k): v for k, v in two[0]["losses"].items()}
     shutil.rmtree(run / "step-00000006")
     shutil.rmtree(run / "step-00000008")
-    assert json.loads((run / "step-00000004" / STATE_FILE).read_text())["world"] == 2
+    assert json.loads((run / "step-00000004" / layout.TRAINER_STATE).read_text())["world"] == 2
 
     one = make_trainer(spec, attempt=2)
     assert one.step == 4
@@ -207,7 +212,7 @@ def test_a_run_of_two_processes_resumes_with_one(tmp_path: Path, zero_stage: int
     assert outcome.state == "succeeded"
     for step in range(5, 9):
         assert outcome.losses[step] == pytest.approx(reference[step], abs=1e-5), step
-    assert json.loads((run / "step-00000008" / STATE_FILE).read_text())["world"] == 1
+    assert json.loads((run / "step-00000008" / layout.TRAINER_STATE).read_text())["world"] == 1
 
 
 def test_a_run_of_one_process_resumes_with_two(reference: tuple[Path, dict[int, float]], tmp_path: Path) -> None:
@@ -222,5 +227,5 @@ def test_a_run_of_one_process_resumes_with_two(reference: tuple[Path, dict[int, 
     losses = {int(k): v for k, v in two[0]["losses"].items()}
     for step in range(5, 9):
         assert losses[step] == pytest.approx(reference[1][step], abs=1e-5), step
-    manifest = json.loads((run / "step-00000008" / MANIFEST).read_text())
+    manifest = json.loads((run / "step-00000008" / layout.MANIFEST).read_text())
     assert {"rank_state_00000.pt", "rank_state_00001.pt"} <= set(manifest["files"]) and manifest["world"] == 2

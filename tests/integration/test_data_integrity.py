@@ -21,7 +21,7 @@ from cpt_core.api.v1alpha1 import CPTJobSpec
 from cpt_core.storage import S3Settings, Storage
 from cpt_trainer.data import DataError, prepare
 from cpt_trainer.data.tokenize import DocumentTokenizer
-from cpt_trainer.sources import load_tokenizer
+from cpt_trainer.model.source import load_tokenizer
 
 from devkit.huge_document import measure
 from devkit.jobs import TINY_MODEL, tiny_job, tiny_job_doc, write_numbered_corpus

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 from cpt_core.storage import Storage
-from cpt_trainer.model import build_model
+from cpt_trainer.model.build import build_model
 
 from devkit.jobs import tiny_job
 

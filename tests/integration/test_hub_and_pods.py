@@ -14,8 +14,8 @@ from typing import Any
 
 import kopf
 import pytest
-from cpt_core.api.validation import parse_job
 from cpt_core.storage import S3Settings, Storage
+from cpt_core.validation.validate import parse_job
 from cpt_operator.controller.settings import OperatorSettings
 
 from devkit.cluster import ROOT, cluster_job, create_secret, start_cluster, upload_example_data, wait_for
@@ -105,7 +105,7 @@ def test_token_secret_is_checked_then_reaches_the_pods_by_reference(
 def test_mirror_is_checked_by_the_preflight_and_read_by_the_trainer(
     cluster: EmulatorThread, s3: SeaweedS3, operator: OperatorThread, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cpt_trainer.sources import resolve
+    from cpt_trainer.model.source import resolve
 
     create_secret(cluster, s3)
     mirror = f"s3://{s3.bucket}/hf-mirror/"

@@ -21,13 +21,13 @@ import pytest
 import yaml
 from cpt_core.api.progress import Progress
 from cpt_core.api.v1alpha1 import CPTJobSpec
+from cpt_core.contract import layout
 from cpt_core.storage import S3Settings, Storage
-from cpt_trainer.checkpoint import COMMITTED
 from cpt_trainer.data import prepare
-from cpt_trainer.engine import init_distributed_single_process
-from cpt_trainer.hooks import TrainerHooks
-from cpt_trainer.interrupt import request_stop
-from cpt_trainer.trainer import RunContext, Trainer
+from cpt_trainer.distributed import init_distributed_single_process
+from cpt_trainer.train.hooks import TrainerHooks
+from cpt_trainer.train.interrupt import request_stop
+from cpt_trainer.train.trainer import RunContext, Trainer
 
 from devkit.jobs import tiny_job, tiny_job_doc
 
@@ -82,7 +82,7 @@ def test_a_stop_request_finishes_the_step_commits_it_and_resumes_exactly(tmp_pat
     stopped = outcome.step
     assert 3 < stopped < 8
     # The step it stopped after is committed, although the interval is 5.
-    assert (run / f"step-{stopped:08d}" / COMMITTED).exists()
+    assert (run / f"step-{stopped:08d}" / layout.COMMITTED).exists()
     written = progress(run)
     assert written.state == "interrupted" and written.reason == "Interrupted"
     assert written.message.startswith(f"interrupted by SIGTERM after step {stopped}; the next run resumes from")
@@ -180,7 +180,7 @@ def test_sigterm_ends_cpt_run_with_143_a_checkpoint_and_one_line(tmp_path: Path)
     assert written.state == "interrupted" and written.reason == "Interrupted", output[-3000:]
     stopped = written.progress.step
     assert written.checkpoint is not None and written.checkpoint.step == stopped
-    assert (run / f"step-{stopped:08d}" / COMMITTED).exists()
+    assert (run / f"step-{stopped:08d}" / layout.COMMITTED).exists()
     lines = our_lines(output)
     assert f"interrupted at step {stopped}: `cpt run {job}` resumes from checkpoint step {stopped}" in lines, output
     assert "Traceback" not in "\n".join(lines) and "core dumped" not in output.lower()

@@ -11,7 +11,8 @@ from typing import Any
 
 import kopf
 import pytest
-from cpt_core.api.progress import EvalResult, EvaluationStatus, Progress, TrainingProgress
+from cpt_core.api.progress import Progress, TrainingProgress
+from cpt_core.api.v1alpha1.status import EvalResult, EvaluationStatus
 from cpt_operator.controller.metrics import JOB_GAUGES, Metrics
 from cpt_operator.controller.settings import OperatorSettings
 from prometheus_client.parser import text_string_to_metric_families

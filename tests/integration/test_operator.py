@@ -12,7 +12,8 @@ from pathlib import Path
 
 import kopf
 import pytest
-from cpt_core.api.progress import CheckpointRef, EvalResult, EvaluationStatus, OutputStatus, TrainingProgress
+from cpt_core.api.progress import TrainingProgress
+from cpt_core.api.v1alpha1.status import CheckpointRef, EvalResult, EvaluationStatus, OutputStatus
 from cpt_operator.controller.settings import OperatorSettings
 
 from devkit.cluster import cluster_job, create_secret, start_cluster, upload_example_data, wait_for
@@ -279,7 +280,7 @@ def test_running_fields_are_immutable_through_the_api(
 def test_operator_calls_only_what_the_chart_grants(cluster: EmulatorThread, operator: OperatorThread) -> None:
     """Runs last in this module. The emulator recorded every HTTP call (the tests' own set-up bypasses
     HTTP): each one the operator made, kopf's included, is declared in API_CALLS and granted by the chart."""
-    from cpt_operator.controller.kube import API_CALLS
+    from cpt_operator.controller.io.kube import API_CALLS
 
     from devkit.chart import granted
 

@@ -15,9 +15,10 @@ from typing import Any
 import kmock
 import kopf
 import pytest
-from cpt_core.api.progress import CheckpointRef, Progress, TrainingProgress
-from cpt_core.api.validation import parse_job
-from cpt_operator.controller.builders import build_rayjob
+from cpt_core.api.progress import Progress, TrainingProgress
+from cpt_core.api.v1alpha1.status import CheckpointRef
+from cpt_core.validation.validate import parse_job
+from cpt_operator.controller.build.manifests import build_rayjob
 from cpt_operator.controller.settings import OperatorSettings
 
 from devkit.cluster import cluster_job, create_secret, start_cluster, upload_example_data, wait_for

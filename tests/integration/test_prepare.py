@@ -16,7 +16,7 @@ from cpt_core.storage import S3Settings, Storage
 from cpt_trainer.data import BlendedSampler, DataError, RankLoader, SourceInfo, build_sampler, prepare
 from cpt_trainer.data.prepare import PreparedSource
 from cpt_trainer.data.tokenize import DOC_START, DocumentTokenizer
-from cpt_trainer.sources import ModelSourceError, load_tokenizer
+from cpt_trainer.model.source import ModelSourceError, load_tokenizer
 
 from devkit.jobs import TINY_MODEL, tiny_job, write_numbered_corpus
 from devkit.seaweed import SeaweedS3
@@ -116,7 +116,7 @@ def test_holdout_documents_never_reach_training_shards(tmp_path: Path, tokenizer
 
 
 def test_ray_data_prepare_equals_in_process(tmp_path: Path, tokenizer: Any) -> None:
-    from cpt_trainer.local_ray import local_ray
+    from cpt_trainer.launch.local_ray import local_ray
 
     spec = numbered_spec(tmp_path)
     storage = Storage()
@@ -300,7 +300,7 @@ def test_tokenizer_that_cannot_be_loaded(tmp_path: Path) -> None:
 
 
 def test_bad_data_under_ray_data_is_the_same_clear_error(tmp_path: Path, tokenizer: Any) -> None:
-    from cpt_trainer.local_ray import local_ray
+    from cpt_trainer.launch.local_ray import local_ray
 
     (tmp_path / "part.jsonl").write_text('{"text": "ok"}\n{"text": broken\n')
     with local_ray(num_cpus=2), pytest.raises(DataError) as info:

@@ -20,12 +20,13 @@ from typing import Any
 
 import pytest
 import torch
-from cpt_core.api.progress import read_progress
 from cpt_core.api.v1alpha1 import CPTJob
-from cpt_core.api.validation import parse_job
+from cpt_core.contract import layout
 from cpt_core.storage import S3Settings, Storage
-from cpt_trainer.checkpoint import COMMITTED, STATE_FILE, CheckpointStore
-from cpt_trainer.launch import LaunchOptions, TrainingError, run_job
+from cpt_core.storage.progress import read_progress
+from cpt_core.validation.validate import parse_job
+from cpt_trainer.checkpoint.store import CheckpointStore
+from cpt_trainer.launch.driver import LaunchOptions, TrainingError, run_job
 
 from devkit.jobs import tiny_job_doc
 from devkit.seaweed import SeaweedS3
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def ray_cluster(s3: SeaweedS3) -> Iterator[SeaweedS3]:
     """A local Ray whose workers see the S3 server's endpoint and credentials."""
-    from cpt_trainer.local_ray import local_ray
+    from cpt_trainer.launch.local_ray import local_ray
 
     saved = {k: os.environ.get(k) for k in s3.env()}
     os.environ.update(s3.env())
@@ -98,7 +99,7 @@ def test_checkpoints_and_export_land_on_s3(
     run = job.spec.checkpoint.uri
     keys = {o.location.key.removeprefix(f"runs/{job.metadata.name}/") for o in storage.list_objects(run)}
     for step in (2, 4, 6, 8):
-        assert f"step-{step:08d}/{COMMITTED}" in keys and f"step-{step:08d}/{STATE_FILE}" in keys
+        assert f"step-{step:08d}/{layout.COMMITTED}" in keys and f"step-{step:08d}/{layout.TRAINER_STATE}" in keys
         # Both ranks' optimizer shards are in the checkpoint.
         assert {f"step-{step:08d}/ckpt/zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= keys
     assert "final/model.safetensors" in keys and "report/loss.png" in keys
@@ -137,7 +138,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint_with_identical_losses(
     for step in range(1, 9):
         assert resumed[step] == pytest.approx(reference[step], abs=1e-6), step
     # The restart resumed: the checkpoint at step 4 (committed before the kill) was not rewritten.
-    state = json.loads(storage.read_text(f"{job.spec.checkpoint.uri}step-00000004/{STATE_FILE}"))
+    state = json.loads(storage.read_text(f"{job.spec.checkpoint.uri}step-00000004/{layout.TRAINER_STATE}"))
     assert state["step"] == 4
 
 

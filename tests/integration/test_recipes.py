@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import torch
-from cpt_trainer.engine import init_distributed_single_process
-from cpt_trainer.step import reset_optimizer
+from cpt_trainer.distributed import init_distributed_single_process
+from cpt_trainer.train.step import reset_optimizer
 
 from devkit.jobs import tiny_job
 from tests.support.faults import Faults, InjectedFault

@@ -16,7 +16,7 @@ import yaml
 from cpt_core.api.v1alpha1 import CPTJobSpec, SynthesisGenerator
 from cpt_core.storage import S3Settings, Storage
 from cpt_trainer.data import prepare
-from cpt_trainer.sources import ModelSourceError, load_tokenizer
+from cpt_trainer.model.source import ModelSourceError, load_tokenizer
 from cpt_trainer.synthesis import SynthesisError, synthesize, synthesize_source
 from cpt_trainer.synthesis.selection import UNIT_DOCUMENTS
 from cpt_trainer.synthesis.writers import SourceDocument, build_writer
@@ -233,7 +233,7 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_model_generator_runs_on_ray_data_and_its_gates_explain_an_empty_result(
     tmp_path: Path, tiny_weights: Path
 ) -> None:
-    from cpt_trainer.local_ray import local_ray
+    from cpt_trainer.launch.local_ray import local_ray
 
     generator = {"model": str(tiny_weights), "questionsPerDocument": 2, "maxNewTokens": 12, "batchSize": 4}
     spec = numbered_spec(tmp_path, files=1, docs=20, holdout=4, generator=generator)

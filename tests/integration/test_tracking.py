@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from cpt_trainer.engine import init_distributed_single_process
+from cpt_trainer.distributed import init_distributed_single_process
 
 from tests.support.faults import Faults, InjectedFault
 from tests.support.trainer_runs import make_trainer, spec_for
@@ -33,7 +33,7 @@ def test_tensorboard_files_hold_every_step_once_also_after_a_resume(
     spec = spec_for(run, tracking={"logEverySteps": 4})
     with pytest.raises(InjectedFault):
         make_trainer(spec, hooks=(Faults(raise_at_step=5),)).fit()
-    with caplog.at_level(logging.INFO, logger="cpt_trainer.trainer"):
+    with caplog.at_level(logging.INFO, logger="cpt_trainer.train.trainer"):
         outcome = make_trainer(spec, attempt=2).fit()
     assert outcome.state == "succeeded"
     found = scalars(run)

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import torch
 from cpt_core.api.v1alpha1 import CPTJobSpec
+from cpt_core.contract import layout
 from cpt_core.storage import S3Settings, Storage
-from cpt_trainer.checkpoint import COMMITTED, CheckpointStore, FencedOut, IdentityMismatch
+from cpt_trainer.checkpoint.store import CheckpointStore, FencedOut, IdentityMismatch
 from cpt_trainer.data import SamplerStateMismatch, prepare
-from cpt_trainer.engine import init_distributed_single_process
-from cpt_trainer.sources import ModelSourceError
-from cpt_trainer.trainer import RunContext, Trainer
+from cpt_trainer.distributed import init_distributed_single_process
+from cpt_trainer.model.source import ModelSourceError
+from cpt_trainer.train.trainer import RunContext, Trainer
 
 from devkit.jobs import tiny_job
 from tests.support.faults import Faults, InjectedFault
@@ -125,7 +126,7 @@ def test_forgetting_stop_checkpoints_and_ends_stopped(tmp_path: Path) -> None:
     assert progress.state == "stopped" and progress.reason == "ForgettingDetected"
     assert progress.evaluation.forgetting_detected and progress.evaluation.general_loss_increase > 0.02
     assert progress.checkpoint is not None and progress.checkpoint.step == outcome.step
-    assert (tmp_path / "cpt" / f"step-{outcome.step:08d}" / COMMITTED).exists()
+    assert (tmp_path / "cpt" / f"step-{outcome.step:08d}" / layout.COMMITTED).exists()
     assert not (tmp_path / "cpt" / "final").exists()
 
 
@@ -202,7 +203,7 @@ def test_an_older_attempt_is_fenced_out(tmp_path: Path) -> None:
     outcome = trainer.fit()
     assert outcome.state == "failed" and outcome.reason == "FencedOut"
     committed = CheckpointStore(Storage(), str(run)).committed_steps()
-    assert max(committed) <= 4 and not (run / "step-00000006" / COMMITTED).exists()
+    assert max(committed) <= 4 and not (run / "step-00000006" / layout.COMMITTED).exists()
     with pytest.raises(FencedOut):
         make_trainer(spec_for(run), attempt=6)
 
@@ -288,8 +289,8 @@ def test_missing_model_source_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_rope_scaling_is_applied_before_weights_load(tmp_path: Path) -> None:
-    from cpt_trainer.model import load_config
-    from cpt_trainer.sources import resolve
+    from cpt_trainer.model.build import load_config
+    from cpt_trainer.model.source import resolve
 
     spec = spec_for(
         tmp_path / "run", model={"ropeScaling": {"type": "yarn", "factor": 4, "originalMaxPositionEmbeddings": 1024}}

@@ -1,4 +1,4 @@
-"""Fault injection for the test suite, as trainer hooks (cpt_trainer.hooks).
+"""Fault injection for the test suite, as trainer hooks (cpt_trainer.train.hooks).
 
 In-process tests pass `Faults(...)` to the Trainer. Processes a test cannot reach directly (Ray
 Train workers, a RayJob's `cpt train`) load them once at start-up with
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cpt_trainer.hooks import TrainerHooks
+from cpt_trainer.train.hooks import TrainerHooks
 
 
 class InjectedFault(RuntimeError):

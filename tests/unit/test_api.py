@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 from cpt_core.api import v1alpha1 as api
-from cpt_core.api.validation import InvalidJob, load_job, parse_job, validate
+from cpt_core.validation.validate import InvalidJob, load_job, parse_job, validate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -225,7 +225,7 @@ def test_spec_trainer_part_imports_without_torch_or_ray() -> None:
     import sys
 
     code = (
-        "import sys; import cpt_core.api.validation, cpt_core.storage, cpt_core.cli;"
+        "import sys; import cpt_core.validation.validate, cpt_core.storage, cpt_core.cli;"
         "bad = [m for m in ('torch', 'ray', 'kopf', 'transformers', 'deepspeed') if m in sys.modules];"
         "assert not bad, bad"
     )
@@ -233,17 +233,27 @@ def test_spec_trainer_part_imports_without_torch_or_ray() -> None:
 
 
 def test_every_field_has_a_description() -> None:
-    missing = []
+    """Every field of every model in every section module (the CRD and docs/api.md show these)."""
+    import importlib
+    import pkgutil
 
-    def walk(model: type[api.BaseModel]) -> None:
+    from cpt_core.api.v1alpha1.base import _Model, _Wire
+
+    missing = []
+    models = set()
+    for info in pkgutil.iter_modules(api.__path__):
+        module = importlib.import_module(f"{api.__name__}.{info.name}")
+        models |= {
+            obj
+            for obj in vars(module).values()
+            if isinstance(obj, type) and issubclass(obj, (_Model, _Wire)) and obj not in (_Model, _Wire)
+        }
+    assert len(models) > 40, sorted(m.__name__ for m in models)
+    for model in models:
         for name, field in model.model_fields.items():
             if not field.description:
                 missing.append(f"{model.__name__}.{name}")
-
-    for obj in vars(api).values():
-        if isinstance(obj, type) and issubclass(obj, api._Model) and obj is not api._Model:
-            walk(obj)
-    assert missing == []
+    assert sorted(missing) == []
 
 
 def test_copy_is_deep(doc: dict[str, Any]) -> None:

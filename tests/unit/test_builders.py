@@ -9,9 +9,10 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from cpt_core.api.validation import parse_job
-from cpt_operator.controller.builders import QUEUE_LABEL, build_configmap, build_rayjob, dump_yaml
-from cpt_operator.controller.names import RAYJOB_NAME_MAX, configmap_name, is_dns1035, rayjob_name
+from cpt_core.contract.names import QUEUE_LABEL
+from cpt_core.validation.validate import parse_job
+from cpt_operator.controller.build.manifests import build_configmap, build_rayjob, dump_yaml
+from cpt_operator.controller.build.names import RAYJOB_NAME_MAX, configmap_name, is_dns1035, rayjob_name
 from cpt_operator.controller.settings import OperatorSettings
 
 from devkit.cluster import rayjob_schema
@@ -145,8 +146,8 @@ def test_cpt_render_prints_both_objects(tmp_path: Path) -> None:
 
 
 def test_tracking_secrets_reach_the_ray_pods_by_reference() -> None:
-    from cpt_core.api.validation import parse_job
-    from cpt_operator.controller.builders import build_rayjob
+    from cpt_core.validation.validate import parse_job
+    from cpt_operator.controller.build.manifests import build_rayjob
     from cpt_operator.controller.settings import OperatorSettings
 
     from devkit.jobs import tiny_job_doc

@@ -11,9 +11,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from cpt_core.api.crd import crd, helm_crd_template
-from cpt_operator.controller.builders import dump_yaml
-from cpt_operator.controller.kube import API_CALLS
+from cpt_core.schema.crd import crd, helm_crd_template
+from cpt_operator.controller.build.manifests import dump_yaml
+from cpt_operator.controller.io.kube import API_CALLS
 
 from devkit.chart import CHART, granted, helm, render
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from cpt_core.api.progress import EvalResult, EvaluationStatus, TrainingProgress
+from cpt_core.api.progress import TrainingProgress
 from cpt_core.api.v1alpha1 import CPTJobStatus, Phase
+from cpt_core.api.v1alpha1.status import EvalResult, EvaluationStatus
 from cpt_operator.controller.metrics import Metrics
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cpt_core.api.validation import parse_job
-from cpt_operator.controller.builders import build_rayjob
+from cpt_core.validation.validate import parse_job
+from cpt_operator.controller.build.manifests import build_rayjob
 from cpt_operator.controller.settings import OperatorSettings
 
 from devkit.chart import render

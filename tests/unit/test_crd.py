@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 import yaml
-from cpt_core.api.crd import crd, crd_yaml, openapi_schema
-from cpt_core.api.docs import api_reference
-from cpt_core.api.pods import k8s_definitions, structural
-from cpt_core.api.validation import cel_violations
+from cpt_core.api.v1alpha1.pods import k8s_definitions, structural
+from cpt_core.schema.crd import crd, crd_yaml, openapi_schema
+from cpt_core.schema.docs import api_reference
+from cpt_core.validation.validate import cel_violations
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -247,7 +247,7 @@ PYDANTIC_CHECKS_IN_CEL = [
 
 @pytest.mark.parametrize(("path", "value", "message"), PYDANTIC_CHECKS_IN_CEL, ids=lambda v: str(v)[:40])
 def test_cel_rejects_what_the_models_reject(job: dict[str, Any], path: str, value: Any, message: str) -> None:
-    from cpt_core.api.validation import validate
+    from cpt_core.validation.validate import validate
 
     bad = _set(copy.deepcopy(job), path, value)
     cel = _messages(bad)
@@ -280,7 +280,7 @@ def test_cel_rejects_lora_with_zero_stage_3(job: dict[str, Any]) -> None:
     ],
 )
 def test_cel_accepts_what_the_models_accept(job: dict[str, Any], path: str, value: Any) -> None:
-    from cpt_core.api.validation import validate
+    from cpt_core.validation.validate import validate
 
     good = _set(copy.deepcopy(job), path, value)
     assert _messages(good) == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cpt_trainer.engine import GeometryError, batch_geometry, deepspeed_config
+from cpt_trainer.train.engine import GeometryError, batch_geometry, deepspeed_config
 
 from devkit.jobs import tiny_job
 
@@ -54,7 +54,7 @@ def test_gpu_configs_use_fused_adamw_and_skip_the_bf16_overflow_scan() -> None:
 
 def test_a_checkpoint_stalls_only_for_the_snapshot_and_the_files_load_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The snapshot engine copies, returns, and serialises in the background; the files are torch.save's."""
-    from cpt_trainer.snapshot import SnapshotCheckpointEngine
+    from cpt_trainer.checkpoint.snapshot import SnapshotCheckpointEngine
 
     engine = SnapshotCheckpointEngine()
     weights = torch.randn(64, 64)

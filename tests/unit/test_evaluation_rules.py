@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 import torch
-from cpt_core.api.progress import EvalResult, InstructionFollowingScores, ProbeScores
 from cpt_core.api.v1alpha1 import Forgetting
-from cpt_trainer.evaluate import Probe, exact_match, f1_score, score_answers
-from cpt_trainer.evaluator import ForgettingWatch
-from cpt_trainer.ifeval import RULES, Prompt, check, parse_prompts, score
-from cpt_trainer.regularization import penalty
+from cpt_core.api.v1alpha1.status import EvalResult, InstructionFollowingScores, ProbeScores
+from cpt_trainer.eval.forgetting import ForgettingWatch
+from cpt_trainer.eval.instruction_following import RULES, Prompt, check, parse_prompts, score
+from cpt_trainer.eval.probes import Probe, exact_match, f1_score, score_answers
+from cpt_trainer.train.regularization import penalty
 
 # (rule, answer, passes?)
 RULE_TABLE: list[tuple[dict[str, Any], str, bool]] = [

@@ -7,13 +7,13 @@ transient and retried from the last committed checkpoint. Users read one line, n
 from __future__ import annotations
 
 import pytest
-from cpt_core.reasons import Reason
-from cpt_trainer.checkpoint import CheckpointUnloadable, FencedOut, IdentityMismatch
+from cpt_core.contract.reasons import Reason
+from cpt_trainer.checkpoint.store import CheckpointUnloadable, FencedOut, IdentityMismatch
 from cpt_trainer.data import DataError, SamplerStateMismatch
 from cpt_trainer.data.shards import CacheDamaged
-from cpt_trainer.engine import GeometryError
-from cpt_trainer.launch import classify
-from cpt_trainer.sources import ModelSourceError
+from cpt_trainer.launch.failures import classify
+from cpt_trainer.model.source import ModelSourceError
+from cpt_trainer.train.engine import GeometryError
 from ray.train import WorkerGroupError
 
 TRACEBACK = 'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\nValueError: deep'

@@ -2,7 +2,7 @@
 from the Hub, the S3 mirror, the `cpt validate` network warning, the preflight's reading of
 huggingface_hub's own exception types, and the trainer loading an hf:// model from a local HF cache.
 
-Nothing here contacts the Hub (see the module docstring of cpt_operator.controller.hub for what a
+Nothing here contacts the Hub (see the module docstring of cpt_operator.controller.preflight.hub for what a
 real Hub answer would add)."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 import yaml
-from cpt_core.api.validation import parse_job, validate
-from cpt_core.reasons import Reason
-from cpt_operator.controller.builders import build_configmap, build_rayjob
-from cpt_operator.controller.hub import check_hub_models, classify, token_problem
+from cpt_core.contract.reasons import Reason
+from cpt_core.validation.validate import parse_job, validate
+from cpt_operator.controller.build.manifests import build_configmap, build_rayjob
+from cpt_operator.controller.preflight.hub import check_hub_models, classify, token_problem
 from cpt_operator.controller.settings import OperatorSettings
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -151,8 +151,10 @@ def test_token_secret_problems_name_the_field_and_the_fix() -> None:
     missing = token_problem(job, None)
     assert missing is not None and missing.reason == Reason.SecretNotFound
     assert "spec.model.tokenSecret" in missing.message and "create secret generic hf-token" in missing.message
-    lacking = token_problem(job, {"HF_TOKEN": None})
-    assert lacking is not None and "lacks the key HF_TOKEN" in lacking.message
+    lacking = token_problem(job, {})
+    assert lacking is not None and "(spec.model.tokenSecret) lacks the key HF_TOKEN" in lacking.message
+    binary = token_problem(job, {"HF_TOKEN": None})  # the operator's reading of a value that is not UTF-8
+    assert binary is not None and "HF_TOKEN is not UTF-8 text" in binary.message
     assert token_problem(job, {"HF_TOKEN": "hf_secret"}) is None
 
 
@@ -166,7 +168,7 @@ def test_the_trainer_loads_an_hf_model_from_the_local_hub_cache(
 ) -> None:
     """What the pods find in <CPT_CACHE_DIR>/huggingface after their download (or on a PVC pre-populated with
     `hf download --cache-dir`): the Hugging Face cache layout."""
-    from cpt_trainer.sources import ModelSourceError, resolve
+    from cpt_trainer.model.source import ModelSourceError, resolve
 
     revision = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "huggingface" / "models--org--tiny"

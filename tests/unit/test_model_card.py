@@ -15,12 +15,12 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from cpt_core.api.validation import parse_job
-from cpt_core.api.validation import validate as check
-from cpt_operator.controller.builders import build_rayjob
+from cpt_core.validation.validate import parse_job
+from cpt_core.validation.validate import validate as check
+from cpt_operator.controller.build.manifests import build_rayjob
 from cpt_operator.controller.settings import OperatorSettings
-from cpt_trainer.hub_push import PushError, push_folder
-from cpt_trainer.model_card import model_card
+from cpt_trainer.export.card import model_card
+from cpt_trainer.export.push import PushError, push_folder
 from huggingface_hub import ModelCard
 
 from devkit.cluster import rayjob_schema
@@ -67,7 +67,7 @@ def test_card_metadata_and_recipe_read_back(tmp_path: Path) -> None:
     assert data["datasets"] == list(dict.fromkeys(uris))
     # The recipe: every stage with its steps, every source with its share in each stage.
     job = parse_job(doc)
-    from cpt_trainer.plan import plan
+    from cpt_trainer.plan.stages import plan
 
     stages = plan(job.spec)
     assert len(stages) > 1
@@ -162,7 +162,7 @@ def test_push_without_a_token_fails_in_one_line_before_any_upload(
 def test_the_upload_child_reports_one_line_and_no_token(tmp_path: Path) -> None:
     """The child process' own error path, offline: a folder that does not exist fails before any request."""
     result = subprocess.run(
-        [sys.executable, "-m", "cpt_trainer.hub_push", str(tmp_path / "missing"), "acme/model", "true", "job"],
+        [sys.executable, "-m", "cpt_trainer.export.push", str(tmp_path / "missing"), "acme/model", "true", "job"],
         capture_output=True,
         text=True,
         env={"HF_TOKEN": "hf_secret_value", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},

@@ -35,7 +35,7 @@ def test_json_logs_are_one_object_per_line(restore_logging: None, capsys: pytest
 def test_the_format_is_a_flag_and_an_environment_variable() -> None:
     assert OperatorSettings.from_env({"CPT_OPERATOR_LOG_FORMAT": "json"}).log_format == "json"
     assert OperatorSettings.from_env({}).log_format == "text"
-    from cpt_operator.cli import operator
+    from cpt_operator.cli.operator import operator
 
     result = CliRunner().invoke(operator, ["--log-format", "xml"])
     assert result.exit_code == 2 and "'xml' is not one of 'text', 'json'" in result.output

@@ -11,8 +11,8 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from cpt_core.api.validation import parse_job, validate
-from cpt_operator.controller.builders import build_rayjob
+from cpt_core.validation.validate import parse_job, validate
+from cpt_operator.controller.build.manifests import build_rayjob
 from cpt_operator.controller.settings import OperatorSettings
 
 from devkit.cluster import rayjob_schema
@@ -263,11 +263,11 @@ def test_a_mount_on_the_wrong_pod_names_the_target() -> None:
 def test_vendored_kubernetes_shapes_match_kuberay_v1_7_0() -> None:
     from hack.vendor_pod_schema import TARGET, render
 
-    assert TARGET.read_text() == render(), "core/cpt_core/api/k8s_pod_schema.json is stale: run `make crd`"
+    assert TARGET.read_text() == render(), "core/cpt_core/api/v1alpha1/k8s_pod_schema.json is stale: run `make crd`"
 
 
 def test_crd_embeds_the_kubernetes_shapes_and_the_api_server_schema_accepts_overrides() -> None:
-    from cpt_core.api.crd import openapi_schema
+    from cpt_core.schema.crd import openapi_schema
 
     schema = openapi_schema()
     override = schema["properties"]["spec"]["properties"]["cluster"]["properties"]["podOverrides"]["items"]
@@ -280,7 +280,7 @@ def test_crd_embeds_the_kubernetes_shapes_and_the_api_server_schema_accepts_over
 
 
 def test_conditions_are_a_list_map_keyed_by_type() -> None:
-    from cpt_core.api.crd import openapi_schema
+    from cpt_core.schema.crd import openapi_schema
 
     conditions = openapi_schema()["properties"]["status"]["properties"]["conditions"]
     assert conditions["x-kubernetes-list-type"] == "map"

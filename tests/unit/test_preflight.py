@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cpt_operator.controller.preflight import check_secret, check_storage
+from cpt_operator.controller.preflight.storage import check_secret, check_storage
 
 from devkit.jobs import tiny_job
 

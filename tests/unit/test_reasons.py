@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cpt_core.reasons import ConditionType, Reason, reasons_table
+from cpt_core.contract.reasons import ConditionType, Reason, reasons_table
 
 
 def test_terminal_reasons_are_the_ones_no_restart_can_fix() -> None:

@@ -7,15 +7,10 @@ import datetime as dt
 from typing import Any
 
 from cpt_core.api.v1alpha1 import CPTJob, CPTJobStatus, KeptRayJob, Phase
-from cpt_operator.controller.evidence import PodLog, role_of, truncation_marker
-from cpt_operator.controller.state import (
-    CreateAttempt,
-    DeleteRayJob,
-    Observed,
-    PreflightResult,
-    current_rayjob_name,
-    reconcile,
-)
+from cpt_operator.controller.io.evidence import PodLog, role_of, truncation_marker
+from cpt_operator.controller.lifecycle.conditions import current_rayjob_name
+from cpt_operator.controller.lifecycle.decision import CreateAttempt, DeleteRayJob, Observed, PreflightResult
+from cpt_operator.controller.lifecycle.reconcile import reconcile
 
 from devkit.jobs import tiny_job
 

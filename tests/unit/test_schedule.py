@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 from cpt_core.api.v1alpha1 import Schedule
-from cpt_trainer.schedule import lr_at
+from cpt_trainer.plan.schedule import lr_at
 
 
 def lrs(kind: str, total: int = 100, **kw: float) -> list[float]:

@@ -6,9 +6,9 @@ import copy
 from typing import Any
 
 import pytest
-from cpt_core.api.validation import validate
+from cpt_core.validation.validate import validate
 from cpt_trainer.data.feed import replay_share, with_replay_share
-from cpt_trainer.plan import StageLog, plan
+from cpt_trainer.plan.stages import StageLog, plan
 
 from devkit.jobs import tiny_job_doc
 
@@ -89,7 +89,7 @@ def test_sources_need_weights_only_without_stages() -> None:
 
 def test_cel_rules_match_the_models_for_stages() -> None:
     """What `kubectl apply` rejects (the CRD's CEL rules) is what the models reject."""
-    from cpt_core.api.validation import cel_violations
+    from cpt_core.validation.validate import cel_violations
 
     assert cel_violations(staged()) == []
     doc = staged()

@@ -7,27 +7,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from cpt_core.api.progress import (
+from cpt_core.api.progress import Progress, TrainingProgress
+from cpt_core.api.v1alpha1 import CPTJob, CPTJobStatus, Phase
+from cpt_core.api.v1alpha1.status import (
     CheckpointRef,
     EvalResult,
     EvaluationStatus,
     OutputStatus,
     ProbeScores,
-    Progress,
     StageStatus,
-    TrainingProgress,
 )
-from cpt_core.api.v1alpha1 import CPTJob, CPTJobStatus, Phase
-from cpt_core.reasons import Reason
-from cpt_operator.controller.state import (
-    CreateAttempt,
-    DeleteRayJob,
-    Observed,
-    PreflightResult,
-    needs_preflight,
-    preflight_backoff,
-    reconcile,
-)
+from cpt_core.contract.reasons import Reason
+from cpt_operator.controller.lifecycle.conditions import needs_preflight, preflight_backoff
+from cpt_operator.controller.lifecycle.decision import CreateAttempt, DeleteRayJob, Observed, PreflightResult
+from cpt_operator.controller.lifecycle.reconcile import reconcile
 
 from devkit.jobs import tiny_job
 

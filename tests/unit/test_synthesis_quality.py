@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from cpt_core.api.v1alpha1 import SynthesisFilters
-from cpt_core.api.validation import cel_violations, validate
+from cpt_core.validation.validate import cel_violations, validate
 from cpt_trainer.synthesis.quality import Candidate, apply_gates, balance_targets, grounding, near_duplicates
 from cpt_trainer.synthesis.writers import ClozeWriter, SourceDocument, parse_reply
 

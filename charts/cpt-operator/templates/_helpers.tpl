@@ -53,7 +53,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{/* The RBAC rules for CPTJobs and their children: exactly the calls the operator makes
-     (cpt_operator.controller.kube.API_CALLS; a test keeps them in sync). */}}
+     (cpt_operator.controller.io.kube.API_CALLS; a test keeps them in sync). */}}
 {{- define "cpt-operator.rules" -}}
 - apiGroups: ["cpt.dev"]
   resources: ["cptjobs"]

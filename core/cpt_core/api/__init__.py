@@ -1,5 +1,9 @@
-"""The CPTJob API: typed models (the source of truth), the generated CRD, validation."""
+"""The CPTJob API: typed models (`v1alpha1`, the source of truth) and the progress file's schema (`progress`).
 
-from .v1alpha1 import API_VERSION, KIND, CPTJob, CPTJobSpec, CPTJobStatus
+The CRD and the references are generated from them (`cpt_core.schema`); documents are checked against
+them (`cpt_core.validation`); reading and writing the progress file is `cpt_core.storage.progress`.
+"""
 
-__all__ = ["API_VERSION", "KIND", "CPTJob", "CPTJobSpec", "CPTJobStatus"]
+from cpt_core.api.v1alpha1 import CPTJob, CPTJobSpec, CPTJobStatus
+
+__all__ = ["CPTJob", "CPTJobSpec", "CPTJobStatus"]

@@ -11,7 +11,7 @@ from the referenced Secret) or boto3's default chain; they are never logged or r
 Errors are translated into `StorageError`s that say what to fix.
 """
 
-from .locations import (
+from cpt_core.storage.locations import (
     AccessDenied,
     Location,
     NotFound,
@@ -21,7 +21,7 @@ from .locations import (
     Unreachable,
     parse_uri,
 )
-from .store import Storage
+from cpt_core.storage.store import Storage
 
 __all__ = [
     "AccessDenied",

@@ -9,26 +9,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from cpt_core.contract import names
+
 if TYPE_CHECKING:
-    from ..api.v1alpha1 import StorageSpec
+    from cpt_core.api.v1alpha1 import StorageSpec
 
 
 class StorageError(RuntimeError):
     """A storage operation failed; the message names the URI and the likely fix."""
 
-    reason = "StorageError"
-
 
 class NotFound(StorageError, FileNotFoundError):
-    reason = "NotFound"
+    """The object or path does not exist."""
 
 
 class AccessDenied(StorageError, PermissionError):
-    reason = "AccessDenied"
+    """The credentials may not do this."""
 
 
 class Unreachable(StorageError, ConnectionError):
-    reason = "BucketUnreachable"
+    """The endpoint refused the connection or did not answer within the timeouts."""
 
 
 # --------------------------------------------------------------------------- locations
@@ -113,14 +113,18 @@ class S3Settings:
     def from_spec(cls, spec: StorageSpec | None, env: Mapping[str, str] | None = None) -> S3Settings:
         """Settings from `spec.storage`, with credentials (and a fallback endpoint) from `env`."""
         env = os.environ if env is None else env
-        endpoint = (spec.endpoint if spec else None) or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+        endpoint = (
+            (spec.endpoint if spec else None)
+            or env.get(names.AWS_ENDPOINT_ENV + "_S3")
+            or env.get(names.AWS_ENDPOINT_ENV)
+        )
         return cls(
             endpoint=endpoint or None,
-            region=(spec.region if spec else None) or env.get("AWS_REGION") or "us-east-1",
+            region=(spec.region if spec else None) or env.get(names.AWS_REGION_ENV) or "us-east-1",
             addressing_style=spec.addressing_style if spec else "path",
-            access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
-            secret_access_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
-            session_token=env.get("AWS_SESSION_TOKEN") or None,
+            access_key_id=env.get(names.ACCESS_KEY_ID) or None,
+            secret_access_key=env.get(names.SECRET_ACCESS_KEY) or None,
+            session_token=env.get(names.SESSION_TOKEN) or None,
         )
 
 

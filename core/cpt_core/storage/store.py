@@ -13,7 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .locations import AccessDenied, Location, NotFound, ObjectInfo, S3Settings, StorageError, Unreachable, parse_uri
+from cpt_core.contract import names
+from cpt_core.storage.locations import (
+    AccessDenied,
+    Location,
+    NotFound,
+    ObjectInfo,
+    S3Settings,
+    StorageError,
+    Unreachable,
+    parse_uri,
+)
 
 # --------------------------------------------------------------------------- storage
 
@@ -67,7 +77,7 @@ class Storage:
         if isinstance(exc, NoCredentialsError):
             return AccessDenied(
                 f"{where}: no S3 credentials; set spec.storage.credentialsSecret (cluster) or "
-                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (cpt run)"
+                f"{names.ACCESS_KEY_ID} / {names.SECRET_ACCESS_KEY} (cpt run)"
             )
         if type(exc).__name__ in ("ConnectTimeoutError", "ReadTimeoutError"):
             s = self.settings
@@ -94,7 +104,7 @@ class Storage:
             ):
                 return AccessDenied(
                     f"{where}: access denied by {endpoint} ({code}); check the credentials in "
-                    "spec.storage.credentialsSecret (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and "
+                    f"spec.storage.credentialsSecret (or {names.ACCESS_KEY_ID} / {names.SECRET_ACCESS_KEY}) and "
                     "their permissions on the bucket"
                 )
             return StorageError(f"{where}: S3 error {code or status}: {exc}")
@@ -156,12 +166,12 @@ class Storage:
         loc = (parse_uri(uri) if isinstance(uri, str) else uri).as_prefix()
         with self._guard(loc, "list"):
             if loc.is_s3:
-                names = []
+                found = []
                 for page in self.s3.get_paginator("list_objects_v2").paginate(
                     Bucket=loc.bucket, Prefix=loc.key, Delimiter="/"
                 ):
-                    names += [p["Prefix"][len(loc.key) :].rstrip("/") for p in page.get("CommonPrefixes", [])]
-                return sorted(names)
+                    found += [p["Prefix"][len(loc.key) :].rstrip("/") for p in page.get("CommonPrefixes", [])]
+                return sorted(found)
             path = loc.path
             return sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import kopf
 
-from .handlers import register
-from .metrics import Metrics
-from .settings import OperatorSettings
+from cpt_operator.controller.handlers import register
+from cpt_operator.controller.metrics import Metrics
+from cpt_operator.controller.settings import OperatorSettings
 
 
 def build_registry(settings: OperatorSettings, metrics: Metrics, login: Any = None) -> kopf.OperatorRegistry:

@@ -5,12 +5,12 @@
 `RankLoader` serves one rank's micro-batches with background prefetch.
 """
 
-from .documents import DataError
-from .feed import DataFeed
-from .loader import MicroBatch, RankLoader, build_sampler, holdout_batches
-from .manifest import Manifest
-from .prepare import PreparedSource, PrepareReport, data_accounting, prepare
-from .sampler import BlendedSampler, SamplerStateMismatch, SourceInfo
+from cpt_trainer.data.documents import DataError
+from cpt_trainer.data.feed import DataFeed
+from cpt_trainer.data.loader import MicroBatch, RankLoader, build_sampler, holdout_batches
+from cpt_trainer.data.manifest import Manifest
+from cpt_trainer.data.prepare import PreparedSource, PrepareReport, data_accounting, prepare
+from cpt_trainer.data.sampler import BlendedSampler, SamplerStateMismatch, SourceInfo
 
 __all__ = [
     "BlendedSampler",

@@ -11,27 +11,18 @@ names the file and the problem; it is never read as good.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 from cpt_core.storage import Location, NotFound, Storage
+from cpt_core.storage.digest import sha256_file
 
-from .manifest import FileDigest, Manifest
-from .shards import ShardLayout, shard_name
+from cpt_trainer.data.manifest import FileDigest, Manifest
+from cpt_trainer.data.shards import ShardLayout, shard_name
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    # hashlib.file_digest needs Python 3.11; this is the same loop.
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def digest_files(local: Path) -> dict[str, FileDigest]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from cpt_core.api.v1alpha1 import DataSource, SourceFormat
+from cpt_core.contract.reasons import Reason
 from cpt_core.storage import ObjectInfo, Storage, StorageError, parse_uri
 
 EXTENSIONS: dict[SourceFormat, tuple[str, ...]] = {
@@ -34,6 +35,8 @@ COMPRESSIONS = ("", ".gz", ".zst")
 
 class DataError(ValueError):
     """Bad input data; the message names the source, the file and the line."""
+
+    reason = Reason.DataError
 
 
 @dataclass(frozen=True)

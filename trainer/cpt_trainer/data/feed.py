@@ -14,16 +14,16 @@ from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from cpt_core.api.progress import MixtureChange
 from cpt_core.api.v1alpha1 import SourceRole
+from cpt_core.api.v1alpha1.status import MixtureChange
 from cpt_core.storage import Storage
 
-from .loader import MicroBatch, RankLoader, build_sampler
-from .prepare import PreparedSource
-from .sampler import BlendedSampler, SamplerStateMismatch
+from cpt_trainer.data.loader import MicroBatch, RankLoader, build_sampler
+from cpt_trainer.data.prepare import PreparedSource
+from cpt_trainer.data.sampler import BlendedSampler, SamplerStateMismatch
 
 if TYPE_CHECKING:
-    from ..plan import Stage
+    from cpt_trainer.plan.stages import Stage
 
 #: Adapted mixtures are expressed in integer weights summing to this (shares to 0.1 %).
 WEIGHT_SCALE = 1000

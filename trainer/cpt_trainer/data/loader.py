@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 from cpt_core.storage import Storage
 
-from .prepare import PreparedSource
-from .sampler import BlendedSampler, SourceInfo
-from .shards import ShardReader
-from .tokenize import DOC_START, TRAIN
+from cpt_trainer.data.prepare import PreparedSource
+from cpt_trainer.data.sampler import BlendedSampler, SourceInfo
+from cpt_trainer.data.shards import ShardReader
+from cpt_trainer.data.tokenize import DOC_START, TRAIN
 
 IGNORE_INDEX = -100
 

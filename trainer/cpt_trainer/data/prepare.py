@@ -31,15 +31,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cpt_core.api.progress import SourceProgress
 from cpt_core.api.v1alpha1 import CPTJobSpec, DataSource, SourceFormat
+from cpt_core.api.v1alpha1.status import SourceProgress
 from cpt_core.storage import ObjectInfo, Storage, parse_uri
 
-from .cache import cached_manifest, digest_files, record_etags
-from .documents import DataError, iter_documents, list_source_files
-from .manifest import Manifest, SkipExample, Skipped, Split
-from .shards import RowPacker, ShardLayout, ShardReader, ShardWriter
-from .tokenize import DocumentTokenizer, TokenizedFile
+from cpt_trainer.data.cache import cached_manifest, digest_files, record_etags
+from cpt_trainer.data.documents import DataError, iter_documents, list_source_files
+from cpt_trainer.data.manifest import Manifest, SkipExample, Skipped, Split
+from cpt_trainer.data.shards import RowPacker, ShardLayout, ShardReader, ShardWriter
+from cpt_trainer.data.tokenize import DocumentTokenizer, TokenizedFile
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +370,7 @@ def prepare(
     progress: Callable[[str], None] | None = None,
 ) -> PrepareReport:
     """Prepare every source of `spec` (the first phase of every run, and `cpt prepare`)."""
-    from ..sources import load_tokenizer, tokenizer_fingerprint
+    from cpt_trainer.model.source import load_tokenizer, tokenizer_fingerprint
 
     if tokenizer is None:
         field_name = "spec.model.tokenizer" if spec.model.tokenizer else "spec.model.source"

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from cpt_core.contract.reasons import Reason
 
 MAX_PERIOD = 1_000_000
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -34,6 +35,8 @@ _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 class SamplerStateMismatch(ValueError):
     """A checkpoint's sampler state does not match the current data, weights or seed."""
+
+    reason = Reason.ResumeMismatch
 
 
 def _splitmix(x: np.ndarray) -> np.ndarray:

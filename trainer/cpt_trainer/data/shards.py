@@ -21,16 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cpt_core.contract.reasons import Reason
 from cpt_core.storage import Location, Storage
 
-from .documents import DataError
-from .tokenize import DOC_START, TRAIN
+from cpt_trainer.data.documents import DataError
+from cpt_trainer.data.tokenize import DOC_START, TRAIN
 
 SHARD_BYTES = 64 * 1024 * 1024
 
 
 class CacheDamaged(DataError):
     """A cache entry changed after it was verified (a shard cut short or removed while training)."""
+
+    reason = Reason.CacheDamaged
 
 
 def token_dtype(vocab_size: int) -> np.dtype[Any]:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .documents import DataError, Document, Skip
+from cpt_trainer.data.documents import DataError, Document, Skip
 
 #: flags byte per token
 DOC_START = 1

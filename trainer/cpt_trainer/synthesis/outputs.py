@@ -4,7 +4,6 @@ a manifest found at the output is complete and intact before it is trusted."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -13,10 +12,11 @@ from collections import Counter
 
 from cpt_core.api.v1alpha1 import CPTJobSpec
 from cpt_core.storage import Location, NotFound, ObjectInfo, Storage
+from cpt_core.storage.digest import sha256_bytes
 
-from .manifest import SYNTHESIS_VERSION, Gates, OutputFile, Sample, SynthesisManifest
-from .quality import Candidate, Outcome
-from .selection import Selection
+from cpt_trainer.synthesis.manifest import SYNTHESIS_VERSION, Gates, OutputFile, Sample, SynthesisManifest
+from cpt_trainer.synthesis.quality import Candidate, Outcome
+from cpt_trainer.synthesis.selection import Selection
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,7 @@ def write_outputs(
         location = out.join(name)
         storage.write_bytes(location, data)
         written.append(
-            OutputFile(
-                uri=str(location), size=len(data), sha256=hashlib.sha256(data).hexdigest(), pairs=len(groups[name])
-            )
+            OutputFile(uri=str(location), size=len(data), sha256=sha256_bytes(data), pairs=len(groups[name]))
         )
     names = {out.join(name).key for name in groups}
     for obj in storage.list_objects(out):
@@ -90,7 +88,7 @@ def verified_manifest(storage: Storage, out: Location, key: str) -> SynthesisMan
         problem = None
         if sizes.get(f.uri) != f.size:
             problem = "missing" if f.uri not in sizes else f"{sizes[f.uri]} bytes, expected {f.size}"
-        elif hashlib.sha256(storage.read_bytes(f.uri)).hexdigest() != f.sha256:
+        elif sha256_bytes(storage.read_bytes(f.uri)) != f.sha256:
             problem = "checksum mismatch"
         if problem:
             log.warning("synthesis output %s is damaged (%s): rebuilding", f.uri, problem)

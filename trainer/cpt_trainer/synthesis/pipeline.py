@@ -29,14 +29,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from cpt_core.api.v1alpha1 import CPTJobSpec, GeneratorKind, SynthesisGenerator
+from cpt_core.contract.reasons import Reason
 from cpt_core.storage import Location, NotFound, ObjectInfo, Storage, parse_uri
 
-from ..data.documents import DataError, list_source_files
-from .manifest import SYNTHESIS_VERSION, SynthesisManifest, parse_raw_unit, raw_unit
-from .outputs import MANIFEST, build_manifest, verified_manifest, write_outputs
-from .quality import Candidate, apply_gates
-from .selection import UNIT_DOCUMENTS, Unit, select_documents
-from .writers import QuestionWriter, build_writer
+from cpt_trainer.data.documents import DataError, list_source_files
+from cpt_trainer.synthesis.manifest import SYNTHESIS_VERSION, SynthesisManifest, parse_raw_unit, raw_unit
+from cpt_trainer.synthesis.outputs import MANIFEST, build_manifest, verified_manifest, write_outputs
+from cpt_trainer.synthesis.quality import Candidate, apply_gates
+from cpt_trainer.synthesis.selection import UNIT_DOCUMENTS, Unit, select_documents
+from cpt_trainer.synthesis.writers import QuestionWriter, build_writer
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ WriterFactory = Callable[[SynthesisGenerator, "str | None", Storage, str], Quest
 
 class SynthesisError(DataError):
     """The synthesis cannot give usable data (e.g. every pair rejected); a restart cannot fix it."""
+
+    reason = Reason.SynthesisFailed
 
 
 @dataclass
@@ -66,7 +69,7 @@ class SynthesisResult:
 def model_identity(uri: str, storage: Storage, field: str) -> str:
     """A change token of a generator model without loading it: object listing (s3://), file sizes and the
     config (local directories, .gguf, pkg://), or the repo id (hf://)."""
-    from ..sources import resolve
+    from cpt_trainer.model.source import resolve
 
     if uri.startswith("hf://"):
         return uri
@@ -155,7 +158,7 @@ class _RaySynthesize:
 
 def _unwrap(exc: BaseException) -> BaseException | None:
     """Our permanent errors out of Ray's wrappers (RayTaskError, UserCodeException, ...)."""
-    from ..sources import ModelSourceError
+    from cpt_trainer.model.source import ModelSourceError
 
     cause: BaseException | None = exc
     while cause is not None:

@@ -14,10 +14,10 @@ import numpy as np
 from cpt_core.api.v1alpha1 import CPTJobSpec, DataSource
 from cpt_core.storage import ObjectInfo, Storage
 
-from ..data.documents import Document, iter_documents
-from ..data.prepare import _select_holdout
-from ..data.tokenize import TokenizedFile
-from .writers import SourceDocument
+from cpt_trainer.data.documents import Document, iter_documents
+from cpt_trainer.data.prepare import _select_holdout
+from cpt_trainer.data.tokenize import TokenizedFile
+from cpt_trainer.synthesis.writers import SourceDocument
 
 #: Documents per unit: small enough to resume cheaply and to spread over workers, large enough to batch.
 UNIT_DOCUMENTS = 32

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from cpt_core.api.v1alpha1 import GeneratorKind, SynthesisBackend, SynthesisGenerator
 from cpt_core.storage import Storage
 
-from .quality import Candidate
+from cpt_trainer.synthesis.quality import Candidate
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ class TransformersEngine:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from ..sources import ModelSourceError, load_tokenizer, resolve
+        from cpt_trainer.model.source import ModelSourceError, load_tokenizer, resolve
 
         self.settings = settings
         source = resolve(model_uri, storage, field)
@@ -195,12 +195,12 @@ class TransformersEngine:
         self.model.eval().to(self.device)
 
     def render(self, text: str) -> str:
-        from ..generation import render
+        from cpt_trainer.model.generation import render
 
         return render(self.tokenizer, text, "{text}\n\n") + _REPLY_PREFIX
 
     def complete(self, texts: Sequence[str]) -> list[str]:
-        from ..generation import generate
+        from cpt_trainer.model.generation import generate
 
         rendered = [self.render(t) for t in texts]
         # Similar lengths share a batch: less left padding to compute on.
@@ -226,7 +226,7 @@ class VLLMEngine:
     def __init__(self, model_uri: str, settings: SynthesisGenerator, storage: Storage, field: str) -> None:
         from vllm import LLM, SamplingParams
 
-        from ..sources import load_tokenizer, resolve
+        from cpt_trainer.model.source import load_tokenizer, resolve
 
         source = resolve(model_uri, storage, field)
         self.tokenizer = load_tokenizer(model_uri, storage, field)
@@ -235,7 +235,7 @@ class VLLMEngine:
         self.params = SamplingParams(temperature=0.0, max_tokens=settings.max_new_tokens)
 
     def complete(self, texts: Sequence[str]) -> list[str]:
-        from ..generation import render
+        from cpt_trainer.model.generation import render
 
         prompts = [render(self.tokenizer, t, "{text}\n\n") + _REPLY_PREFIX for t in texts]
         return [o.outputs[0].text.strip() for o in self.llm.generate(prompts, self.params, use_tqdm=False)]
@@ -259,7 +259,7 @@ def build_writer(settings: SynthesisGenerator, model_uri: str | None, storage: S
         backend = SynthesisBackend.vllm if vllm_usable() else SynthesisBackend.transformers
     if backend == SynthesisBackend.vllm:
         if not vllm_usable():
-            from ..sources import ModelSourceError
+            from cpt_trainer.model.source import ModelSourceError
 
             raise ModelSourceError(
                 f"{field.rsplit('.', 1)[0]}.backend: vllm needs the vllm package and a GPU on the workers; "

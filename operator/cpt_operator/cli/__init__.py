@@ -1,0 +1,3 @@
+"""The operator's subcommands of `cpt` (composed lazily by `cpt_core.cli`): `operator` (run the control
+plane, `cpt render`) and `jobs` (`cpt status|logs|suspend|resume` and the `kubectl cpt` plugin).
+"""

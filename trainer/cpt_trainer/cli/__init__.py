@@ -1,0 +1,4 @@
+"""The trainer's subcommands of `cpt` (composed lazily by `cpt_core.cli`): the click `commands` (prepare,
+synthesize, run, train), what `cpt run` and `cpt train` do around the driver (`run`), and what they print
+(`console`).
+"""

@@ -1,0 +1,4 @@
+"""The model: where weights and tokenizers come from (`source`: hf://, s3://, local, GGUF, pkg://), building
+the causal LM to train (`build`: dtype, RoPE scaling, LoRA, activation checkpointing), and batched greedy
+`generation` (shared by evaluation and synthesis).
+"""

@@ -1,0 +1,3 @@
+"""The training plan: the `stages` a job trains through (each with its mixture, length and learning-rate
+schedule, the whole job as one stage without spec.stages) and the `schedule` functions (pure in the step).
+"""
