@@ -121,7 +121,8 @@ def run(args: Any, seq_len: int, device: torch.device) -> dict[str, Any]:
     from cpt_trainer.data import prepare
     from cpt_trainer.distributed import init_distributed_single_process
     from cpt_trainer.train.hooks import StepTimes
-    from cpt_trainer.train.trainer import RunContext, Trainer
+    from cpt_trainer.distributed import RunContext
+    from cpt_trainer.train.trainer import Trainer
     from devkit.jobs import tiny_job_doc
 
     config = SMOKE if args.cpu_smoke else ONE_B

@@ -44,7 +44,8 @@ from cpt_trainer.data import prepare
 from cpt_trainer.distributed import init_distributed_single_process
 from cpt_trainer.train.hooks import StepTimes
 from cpt_trainer.train.state import RNGState
-from cpt_trainer.train.trainer import RunContext, Trainer
+from cpt_trainer.distributed import RunContext
+from cpt_trainer.train.trainer import Trainer
 from devkit.jobs import tiny_job_doc
 from devkit.seaweed import SeaweedS3
 

@@ -24,10 +24,10 @@ from cpt_core.api.v1alpha1 import CPTJobSpec
 from cpt_core.contract import layout
 from cpt_core.storage import S3Settings, Storage
 from cpt_trainer.data import prepare
-from cpt_trainer.distributed import init_distributed_single_process
+from cpt_trainer.distributed import RunContext, init_distributed_single_process
 from cpt_trainer.train.hooks import TrainerHooks
 from cpt_trainer.train.interrupt import request_stop
-from cpt_trainer.train.trainer import RunContext, Trainer
+from cpt_trainer.train.trainer import Trainer
 
 from devkit.jobs import tiny_job, tiny_job_doc
 

@@ -18,9 +18,9 @@ from cpt_core.contract import layout
 from cpt_core.storage import S3Settings, Storage
 from cpt_trainer.checkpoint.store import CheckpointStore, FencedOut, IdentityMismatch
 from cpt_trainer.data import SamplerStateMismatch, prepare
-from cpt_trainer.distributed import init_distributed_single_process
+from cpt_trainer.distributed import RunContext, init_distributed_single_process
 from cpt_trainer.model.source import ModelSourceError
-from cpt_trainer.train.trainer import RunContext, Trainer
+from cpt_trainer.train.trainer import Trainer
 
 from devkit.jobs import tiny_job
 from tests.support.faults import Faults, InjectedFault

@@ -27,7 +27,8 @@ def _rank_main(
     import torch.distributed as dist
     from cpt_core.api.v1alpha1 import CPTJobSpec
     from cpt_core.storage import S3Settings
-    from cpt_trainer.train.trainer import RunContext, Trainer
+    from cpt_trainer.distributed import RunContext
+    from cpt_trainer.train.trainer import Trainer
 
     from tests.support.faults import Faults
 

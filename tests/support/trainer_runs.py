@@ -9,8 +9,9 @@ from cpt_core.api.progress import Progress
 from cpt_core.api.v1alpha1 import CPTJobSpec
 from cpt_core.storage import S3Settings, Storage
 from cpt_trainer.data import prepare
+from cpt_trainer.distributed import RunContext
 from cpt_trainer.train.hooks import TrainerHooks
-from cpt_trainer.train.trainer import RunContext, Trainer
+from cpt_trainer.train.trainer import Trainer
 
 from devkit.jobs import merge, tiny_job
 

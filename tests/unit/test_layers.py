@@ -73,7 +73,7 @@ def imported_modules(path: Path) -> set[str]:
             out |= {alias.name for alias in node.names if _is_module(alias.name)}
         elif isinstance(node, ast.ImportFrom):
             module = (
-                ".".join([*base[:len(base) - node.level + 1], node.module or ""]).strip(".")
+                ".".join([*base[: len(base) - node.level + 1], node.module or ""]).strip(".")
                 if node.level
                 else node.module or ""
             )

@@ -8,12 +8,11 @@ from typing import Any
 from cpt_core.api.progress import TrainingProgress
 from cpt_core.api.v1alpha1 import CPTJob, CPTJobStatus, Phase
 from cpt_core.contract.reasons import Reason
-from cpt_operator.controller.handlers import parse_status
 from cpt_operator.controller.lifecycle.conditions import is_final, needs_preflight
 from cpt_operator.controller.lifecycle.decision import CreateAttempt, DeleteRayJob, Observed, PreflightResult, Problem
 from cpt_operator.controller.lifecycle.reconcile import reconcile
 from cpt_operator.controller.lifecycle.rejection import reject_spec
-from cpt_operator.controller.reconciler import _status_patch
+from cpt_operator.controller.reconciler import _status_patch, parse_status
 
 from tests.unit.test_state import NOW, job, progress, rayjob
 

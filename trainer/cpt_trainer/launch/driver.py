@@ -116,8 +116,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torch
 
     from cpt_trainer.checkpoint.store import FencedOut
+    from cpt_trainer.distributed import RunContext
     from cpt_trainer.train.hooks import load_hooks
-    from cpt_trainer.train.trainer import RunContext, Trainer
+    from cpt_trainer.train.trainer import Trainer
 
     os.environ.update(config.get("env") or {})
     if config.get("cpu_threads") and not torch.cuda.is_available():

@@ -53,7 +53,7 @@ from cpt_trainer.train.step import NonFiniteLoss, TrainStep, reset_optimizer, se
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NonFiniteLoss", "Outcome", "RunContext", "Trainer"]
+__all__ = ["Outcome", "Trainer"]
 
 
 @dataclass
