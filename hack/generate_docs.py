@@ -1,6 +1,7 @@
 """Regenerate the references derived from the code: docs/api.md, docs/progress.md, the
-troubleshooting table of docs/operations.md (between its `reasons:begin` / `reasons:end` markers)
-and the Helm chart's README.md (from its values.yaml comments, hack/chart_readme.py).
+troubleshooting table of docs/operations.md (between its `reasons:begin` / `reasons:end` markers),
+the rooms of docs/architecture.md (between `rooms:begin` / `rooms:end`, hack/rooms.py) and the Helm
+chart's README.md (from its values.yaml comments, hack/chart_readme.py).
 
 `make docs` runs this; tests/unit/test_crd.py fails when a committed file differs from `generated()`.
 """
@@ -19,6 +20,7 @@ from cpt_core.contract.reasons import reasons_table  # noqa: E402
 from cpt_core.schema.docs import api_reference, progress_reference  # noqa: E402
 
 from hack.chart_readme import chart_readme  # noqa: E402
+from hack.rooms import splice_rooms  # noqa: E402
 
 _REASONS = re.compile(r"(<!-- reasons:begin[^\n]*-->\n).*?(<!-- reasons:end -->)", re.S)
 
@@ -34,6 +36,7 @@ def generated() -> dict[str, str]:
         "docs/api.md": api_reference(),
         "docs/progress.md": progress_reference(),
         "docs/operations.md": splice_reasons((ROOT / "docs" / "operations.md").read_text()),
+        "docs/architecture.md": splice_rooms((ROOT / "docs" / "architecture.md").read_text()),
         "charts/cpt-operator/README.md": chart_readme(),
     }
 

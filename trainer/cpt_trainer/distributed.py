@@ -1,5 +1,8 @@
-"""Where a training process runs and which attempt it belongs to, with the few collectives the
-trainer's parts need (all tensors on the process's device, so they work with gloo and NCCL)."""
+"""One training process of one attempt (rank, world, attempt) and its collectives.
+
+Where a training process runs and which attempt it belongs to, with the few collectives the
+trainer's parts need (all tensors on the process's device, so they work with gloo and NCCL).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""The contract's own commands: `cpt validate` (schema, CEL rules, semantic checks: what the API server
-and the operator would say), `cpt crd` and `cpt api-docs` (the generated CRD and references)."""
+"""The contract's own commands: `cpt validate`, `cpt crd`, `cpt api-docs`.
+
+`cpt validate` (schema, CEL rules, semantic checks: what the API server and the operator would say), `cpt
+crd` and `cpt api-docs` (the generated CRD and references).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""What every `cpt` command shares, on both sides: one-line errors and exits, a missing extra named, the
-logging set-up, the `-o` option, examples in the help, and reading the one job of a manifest."""
+"""What every `cpt` command shares: errors, logging, `-o`, examples, reading one job.
+
+What every `cpt` command shares, on both sides: one-line errors and exits, a missing extra named, the
+logging set-up, the `-o` option, examples in the help, and reading the one job of a manifest.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""How `cpt` commands read manifests, the way kubectl does: files, `-` (stdin), directories
-(every `*.yaml`, `*.yml` and `*.json` in them, in name order) and multi-document files whose
-non-CPTJob documents (the Secret or ConfigMap shipped beside a job) are skipped with a note.
+"""How `cpt` commands read manifests, the way kubectl does.
+
+Files, `-` (stdin), directories (every `*.yaml`, `*.yml` and `*.json` in them, in name order) and
+multi-document files whose non-CPTJob documents (the Secret or ConfigMap shipped beside a job) are
+skipped with a note.
 
 `cpt_core.cli.common.load_local_job` (one job: run, prepare, synthesize) and `cpt validate` / `cpt render`
 (every job) read through here, so each command accepts the same inputs and names a document the

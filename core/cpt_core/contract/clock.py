@@ -1,5 +1,8 @@
-"""How both sides write times: RFC 3339 in UTC, to the second (`2026-12-04T20:06:20Z`), as the
-Kubernetes API does in conditions and as every file of a run directory does."""
+"""How both sides write times: RFC 3339 in UTC, to the second.
+
+For example `2026-12-04T20:06:20Z`, as the Kubernetes API writes conditions and as every file of a
+run directory does.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
-"""Names on the cluster: the CPTJob API's group/version/kind, the labels of the objects the operator
+"""Names on the cluster: the API's group/version/kind, labels, the Ray pods' environment and mounts.
+
+Names on the cluster: the CPTJob API's group/version/kind, the labels of the objects the operator
 creates, the environment the operator gives the Ray pods (and the trainer reads), and where the pods
-mount the job spec and the model cache."""
+mount the job spec and the model cache.
+"""
 
 from __future__ import annotations
 

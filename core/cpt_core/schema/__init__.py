@@ -1,3 +1,5 @@
-"""Generated from the API models: the CustomResourceDefinition (`crd`: structural schema, CEL rules,
+"""The CRD and the references, generated from the API models.
+
+The CustomResourceDefinition (`crd`: structural schema, CEL rules,
 printer columns) and the references (`docs`: docs/api.md and docs/progress.md).
 """

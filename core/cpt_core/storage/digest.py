@@ -1,5 +1,8 @@
-"""Checksums of stored files: what manifests record (checkpoints, cache entries, synthesis outputs) and what
-a reader checks before it trusts a file it did not just write."""
+"""Checksums of stored files, as manifests record them.
+
+Checksums of stored files: what manifests record (checkpoints, cache entries, synthesis outputs) and what
+a reader checks before it trusts a file it did not just write.
+"""
 
 from __future__ import annotations
 

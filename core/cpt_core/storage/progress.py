@@ -1,4 +1,6 @@
-"""Reading and writing the progress file (`<checkpoint.uri>/_status/progress.json`, schema in
+"""Reading and writing the progress file, and taking it only when it is the reader's.
+
+Reading and writing the progress file (`<checkpoint.uri>/_status/progress.json`, schema in
 `cpt_core.api.progress`): written atomically and only by `write_progress`; read back by the operator,
 `cpt run` and the trainer's own reporter, which take it only when it is theirs (`read_progress`).
 """

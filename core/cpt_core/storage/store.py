@@ -1,5 +1,8 @@
-"""`Storage`: one interface over `s3://` and local locations (list, atomic small writes, parallel
-directory transfers), translating every failure into a `StorageError` that says what to fix."""
+"""`Storage`: one interface over `s3://` and local locations.
+
+It lists, reads and writes small objects atomically, moves whole directories in parallel, and
+translates every failure into a `StorageError` that says what to fix.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""Recommended continued pre-training practice, as warnings: an Event and a condition message on a
-cluster, a `warning:` line from `cpt validate` and `cpt run` -- never a rejection (the user may
-know better). The recommended ranges are here, beside the checks that use them.
+"""Recommended continued pre-training practice, as warnings (never a rejection).
+
+An Event and a condition message on a cluster, a `warning:` line from `cpt validate` and `cpt run` --
+never a rejection (the user may know better). The recommended ranges are here, beside the checks that use
+them.
 """
 
 from __future__ import annotations

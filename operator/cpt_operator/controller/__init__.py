@@ -1,7 +1,8 @@
 """The control plane: a kopf operator that turns CPTJobs into KubeRay RayJobs.
 
-Pure parts (unit-tested without a cluster): `names`, `builders` (ConfigMap and RayJob
-manifests), `state` (the lifecycle state machine), `preflight` (decisions). I/O parts:
-`kube` (a small async API client), `handlers` (kopf handlers that observe, call `state.reconcile`
-and apply its actions), `metrics`, `app` (`cpt operator`). Nothing here imports torch or Ray.
+Pure rooms (unit-tested without a cluster): `lifecycle` (the state machine and its vocabulary) and
+`build` (the ConfigMap and RayJob). I/O rooms: `preflight` (storage, Secrets, Hub models) and `io` (the
+Kubernetes client, S3 clients behind a bounded gate, failure evidence). Beside them: `reconciler` (one
+reconciliation per job: observe, decide, act, write the status, post events), `handlers` (the kopf
+triggers, thin), `settings`, `metrics` and `app` (`cpt operator`). Nothing here imports torch or Ray.
 """

@@ -1,4 +1,6 @@
-"""Checkpoints that stop training only for a copy: DeepSpeed's shards are snapshotted to host memory
+"""A DeepSpeed checkpoint engine that stops training only for a copy to host memory.
+
+Checkpoints that stop training only for a copy: DeepSpeed's shards are snapshotted to host memory
 (pinned, reused across checkpoints, on GPUs) and serialised to disk by a background thread.
 
 DeepSpeed writes a checkpoint through its `CheckpointEngine.save(state_dict, path)`; the default

@@ -1,6 +1,9 @@
-"""What `cpt run` shows: a live progress bar (or plain lines without a terminal) drawn from the progress
+"""What `cpt run` shows: live progress, the before/after table, where a run resumes.
+
+What `cpt run` shows: a live progress bar (or plain lines without a terminal) drawn from the progress
 file, the before/after table at the end, and where an interrupted run resumes from. Diagnostics and progress
-go to stderr; the final report to stdout (the result a script keeps)."""
+go to stderr; the final report to stdout (the result a script keeps).
+"""
 
 from __future__ import annotations
 

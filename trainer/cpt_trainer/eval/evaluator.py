@@ -1,4 +1,6 @@
-"""The trainer's evaluation part: holdout losses, knowledge probes and instruction-following
+"""The trainer's evaluation part: what is measured when, and the forgetting decision.
+
+The trainer's evaluation part: holdout losses, knowledge probes and instruction-following
 retention at step 0, every `evaluation.intervalSteps`, at the end of every stage and of the run;
 and the forgetting watch that turns them into a decision (warn, stop, or adapt the replay share).
 

@@ -1,5 +1,8 @@
-"""Knowledge probes: question-answer pairs answered greedily by the model and scored by exact match
-(normalised equality, as in SQuAD) and token F1 against the reference."""
+"""Knowledge probes: answers scored by exact match and token F1.
+
+Knowledge probes: question-answer pairs answered greedily by the model and scored by exact match
+(normalised equality, as in SQuAD) and token F1 against the reference.
+"""
 
 from __future__ import annotations
 

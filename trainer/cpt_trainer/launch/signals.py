@@ -1,6 +1,9 @@
-"""The driver's side of an interruption: SIGINT/SIGTERM of `cpt run` and `cpt train` become a stop request
-to the training processes (`cpt_trainer.train.interrupt`), a second signal or an overdue stop abandons the
-step, and the exit code says which signal ended the run (130 SIGINT, 143 SIGTERM)."""
+"""The driver's side of an interruption: SIGINT/SIGTERM become a stop request.
+
+SIGINT/SIGTERM of `cpt run` and `cpt train` become a stop request to the training processes
+(`cpt_trainer.train.interrupt`), a second signal or an overdue stop abandons the step, and the exit code
+says which signal ended the run (130 SIGINT, 143 SIGTERM).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
-"""What a synthesis leaves behind: the chat files (one per input file, or `probes.jsonl` for holdout
+"""What a synthesis leaves behind, and the check before it is trusted.
+
+What a synthesis leaves behind: the chat files (one per input file, or `probes.jsonl` for holdout
 probes), stale parts removed, and the manifest with the gate counts and samples; and the check that
-a manifest found at the output is complete and intact before it is trusted."""
+a manifest found at the output is complete and intact before it is trusted.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Experiment tracking: the run's metrics in TensorBoard (default), MLflow and Weights & Biases, and a
+"""Experiment tracking: TensorBoard, MLflow, Weights & Biases, and a log line.
+
+Experiment tracking: the run's metrics in TensorBoard (default), MLflow and Weights & Biases, and a
 plain progress line in the log every `tracking.logEverySteps` steps.
 
 Rank 0 writes. TensorBoard event files go to `<checkpoint.uri>/tensorboard/`: directly for a local

@@ -1,6 +1,9 @@
-"""Shared building blocks of the API models: the base models (camelCase wire names, docstrings kept;
+"""The base models, field errors, string types and URI rules every section uses.
+
+Shared building blocks of the API models: the base models (camelCase wire names, docstrings kept;
 unknown fields rejected in the spec, ignored in the status sections the trainer writes), field-anchored
-errors, the common string types and the URI rules."""
+errors, the common string types and the URI rules.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
-"""The status sections the trainer reports and the operator mirrors as they are: `status.progress`,
-`.evaluation`, `.checkpoint`, `.data`, `.output`, `.stage` and `.stages` of a CPTJob are these very
-types, and so are the same sections of the progress file (`cpt_core.api.progress`): one model per concept,
-nothing copied field by field. Numbers that JSON cannot carry (NaN, infinities) never enter them.
+"""The status sections the trainer reports and the operator mirrors as they are.
+
+`status.progress`, `.evaluation`, `.checkpoint`, `.data`, `.output`, `.stage` and `.stages` of a CPTJob
+are these very types, and so are the same sections of the progress file (`cpt_core.api.progress`): one
+model per concept, nothing copied field by field. Numbers that JSON cannot carry (NaN, infinities) never
+enter them.
 """
 
 from __future__ import annotations

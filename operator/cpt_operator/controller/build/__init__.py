@@ -1,3 +1,5 @@
-"""The objects the operator creates, built by pure functions: their `names` (within Kubernetes' rules), the
+"""The objects the operator creates (ConfigMap, RayJob), built by pure functions.
+
+Their `names` (within Kubernetes' rules), the
 spec ConfigMap and the RayJob (`manifests`), and the pod `overrides` merged into the Ray pods.
 """

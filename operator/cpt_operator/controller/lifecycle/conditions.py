@@ -1,6 +1,9 @@
-"""Reading and writing a CPTJob's status (pure): conditions upserted metav1-style, whether a job is final
+"""Reading and writing a CPTJob's status and conditions (pure).
+
+Reading and writing a CPTJob's status (pure): conditions upserted metav1-style, whether a job is final
 or was failed for its spec, when a preflight is due and its backoff, the RayJob to observe, and the kept
-RayJobs whose time is up."""
+RayJobs whose time is up.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,9 @@
-"""The vocabulary of a decision: what the handler observed (`Observed`, with a `PreflightResult` when one
+"""The vocabulary of a decision: what was observed, and what to do about it.
+
+The vocabulary of a decision: what the handler observed (`Observed`, with a `PreflightResult` when one
 was due) and what `reconcile` decided -- the new status, the actions to carry out (`CreateAttempt`,
-`DeleteRayJob`) and the events to post. Plain values; no I/O."""
+`DeleteRayJob`) and the events to post. Plain values; no I/O.
+"""
 
 from __future__ import annotations
 

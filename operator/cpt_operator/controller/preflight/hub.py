@@ -1,4 +1,6 @@
-"""Hub preflight: before any pod is requested, ask the Hugging Face Hub whether each `hf://` model of a
+"""Hub preflight: does each `hf://` model exist, and can the job's token read it.
+
+Hub preflight: before any pod is requested, ask the Hugging Face Hub whether each `hf://` model of a
 job exists and whether the token of `spec.model.tokenSecret` can read it.
 
 Only definite answers fail the preflight (ModelNotFound, retried with backoff): the repository does
