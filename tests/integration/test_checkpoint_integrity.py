@@ -3,8 +3,8 @@ before it is resumed from; a damaged one is skipped with a warning, moved aside 
 and the run resumes from the newest good one. Resume also works with another number of training
 processes (DeepSpeed's universal checkpoint conversion), and replayed steps are not reported twice.
 
-Findings 2, 6, 7 and 9 of issue 11 (real DeepSpeed on CPU, gloo; multi-process runs are spawned
-like torchrun would). Each test says what the code before the fix did.
+Real DeepSpeed on CPU (gloo); multi-process runs are spawned like torchrun would. Each kind of
+damage says the failure it rules out.
 """
 
 from __future__ import annotations
@@ -73,13 +73,13 @@ def crashed_after_step_7(reference: tuple[Path, dict[int, float]], tmp_path: Pat
 
 
 DAMAGE = {
-    # finding 2: a truncated trainer state was a bare JSONDecodeError, retried; no fallback
+    # not a bare JSONDecodeError, retried without a fallback to the checkpoint before
     "truncated trainer_state.json": lambda d: (d / layout.TRAINER_STATE).write_text(
         (d / layout.TRAINER_STATE).read_text()[:40]
     ),
-    # finding 2: a deleted optimizer shard was a FileNotFoundError on a temp path, retried; no fallback
+    # not a FileNotFoundError on a temp path, retried without a fallback to the checkpoint before
     "deleted optimizer shard": lambda d: (d / "ckpt" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").unlink(),
-    # finding 6: a missing rank state was ignored: the RNG state was silently lost
+    # not ignored: the RNG state would be silently lost
     "deleted rank state": lambda d: (d / "rank_state_00000.pt").unlink(),
     # same size, other bytes: only the checksum can tell
     "one byte changed in the model states": lambda d: _flip(d / "ckpt" / "mp_rank_00_model_states.pt", 2000),
@@ -154,7 +154,7 @@ def test_checkpoints_written_before_manifests_still_resume_and_are_checked(
     reference: tuple[Path, dict[int, float]], tmp_path: Path
 ) -> None:
     run = crashed_after_step_7(reference, tmp_path)
-    for step in (2, 4, 6):  # as the previous version wrote them
+    for step in (2, 4, 6):  # as written by a version without manifests
         directory = run / f"step-{step:08d}"
         (directory / layout.MANIFEST).unlink()
         (directory / layout.COMMITTED).write_text(json.dumps({"step": step, "attempt": 1}))
@@ -166,7 +166,7 @@ def test_checkpoints_written_before_manifests_still_resume_and_are_checked(
 
 
 def test_replayed_steps_are_reported_once(tmp_path: Path) -> None:
-    """Finding 7: report/metrics.jsonl repeated the rows of steps replayed after a resume."""
+    """report/metrics.jsonl has one row per step, also for the steps replayed after a resume."""
     run = tmp_path / "run"
     first = make_trainer(spec_for(run), hooks=(Faults(raise_at_step=7),))
     with pytest.raises(InjectedFault):
@@ -182,12 +182,12 @@ def test_replayed_steps_are_reported_once(tmp_path: Path) -> None:
     assert eval_steps == [0, 4, 8]
 
 
-# -- finding 9: resume with another number of training processes ------------------------------------
+# -- resume with another number of training processes ----------------------------------------------
 
 
 @pytest.mark.parametrize("zero_stage", [2, 3])
 def test_a_run_of_two_processes_resumes_with_one(tmp_path: Path, zero_stage: int) -> None:
-    """Before: "written by 2 training processes; resuming it needs the same number" (a RuntimeError,
+    """Not "written by 2 training processes; resuming it needs the same number" (a RuntimeError,
     retried until RestartLimitReached)."""
     run = tmp_path / "run"
     spec = spec_for(run).model_copy(

@@ -1,9 +1,9 @@
-"""Interruptions (finding 4 of issue 11): SIGINT/SIGTERM end a run cleanly, with a checkpoint of the
-step in progress when the grace period allows, a progress file that says `interrupted`, one line
-that says where the run resumes, and exit status 130 / 143.
+"""Interruptions: SIGINT/SIGTERM end a run cleanly, with a checkpoint of the step in progress when the
+grace period allows, a progress file that says `interrupted`, one line that says where the run resumes,
+and exit status 130 / 143.
 
-Before the fix, SIGINT during `cpt run` exited 1 without a word (Ray Train's own SIGINT handler),
-SIGTERM aborted with 134 and a C++ stack dump, and both left `progress.json` at "running".
+What this rules out: SIGINT during `cpt run` exiting 1 without a word (Ray Train's own SIGINT handler),
+SIGTERM aborting with 134 and a C++ stack dump, and either leaving `progress.json` at "running".
 """
 
 from __future__ import annotations

@@ -1,7 +1,12 @@
-"""Issue 10: the operator against an adversarial user, with real components only.
+"""The operator against an adversarial user and hanging storage, with real components only.
+
+Invalid updates, S3 endpoints that never answer, a job re-applied over its predecessor's run, leftover
+objects of another incarnation, a Secret with a binary value, progress files that lie or are damaged,
+and a damaged status field: each is refused by the API server or reported on the job it concerns (a
+condition, one event), costs only that job, and never stops the operator.
 
 The real operator (kopf, in a thread) against the faithful Kubernetes API emulator, SeaweedFS, and
-real TCP endpoints that hang (`devkit.faulty_endpoint`). Each test names the finding it covers.
+real TCP endpoints that hang (`devkit.faulty_endpoint`), with short S3 timeouts (1 s).
 """
 
 from __future__ import annotations
@@ -98,7 +103,7 @@ def stays(check: Any, seconds: float) -> None:
         time.sleep(0.1)
 
 
-# -- finding 1 + 11b: an invalid update --------------------------------------------------------
+# -- an invalid update: refused by the API server, or it stops the attempt until it is fixed -------
 
 
 def test_an_endpoint_without_scheme_is_rejected_by_the_api_server(
@@ -140,7 +145,7 @@ def test_an_invalid_update_stops_the_attempt_and_a_fix_resumes_the_job(
     assert reasons(cluster, "midway").count("SpecCorrected") == 1
 
 
-# -- finding 2 (and 10: a hanging job holds one connection) ------------------------------------
+# -- hanging S3 endpoints: they cost only their own jobs, one connection each ----------------------
 
 
 def test_hanging_endpoints_cost_only_their_own_jobs(
@@ -180,7 +185,7 @@ def test_one_hanging_job_holds_one_connection(
     cluster.delete(CPTJOBS, "ml", "lonely")
 
 
-# -- finding 3: a re-applied job and its predecessor's progress --------------------------------
+# -- a re-applied job and its predecessor's progress -----------------------------------------------
 
 
 def test_a_reapplied_job_ignores_its_predecessors_progress(
@@ -207,7 +212,7 @@ def test_a_reapplied_job_ignores_its_predecessors_progress(
     assert "NonFiniteLoss" not in json.dumps(st)
 
 
-# -- finding 4: a leftover RayJob of another incarnation ---------------------------------------
+# -- leftover children of another incarnation: neither adopted, nor deleted, nor overwritten -------
 
 
 def test_a_foreign_rayjob_is_neither_adopted_nor_deleted(
@@ -258,7 +263,7 @@ def test_a_foreign_configmap_is_not_overwritten(
     assert cluster.get(RAYJOBS, "ml", "squat-a1") is None
 
 
-# -- finding 5: a Secret with a binary value ---------------------------------------------------
+# -- a Secret with a binary value ------------------------------------------------------------------
 
 
 def test_a_secret_with_a_binary_value_works(cluster: EmulatorThread, s3: SeaweedS3, operator: OperatorThread) -> None:
@@ -282,7 +287,7 @@ def test_a_secret_with_a_binary_value_works(cluster: EmulatorThread, s3: Seaweed
     assert "AWS_SECRET_ACCESS_KEY is not UTF-8 text" in c["message"]
 
 
-# -- findings 6, 7, 8, 9: what the progress file says -------------------------------------------
+# -- what the progress file says: another job's, absurd, shrinking, unreadable ---------------------
 
 
 def test_progress_of_another_job_is_not_mirrored(
@@ -352,7 +357,7 @@ def test_unreadable_progress_never_flips_running_to_preparing(
     assert seen.count("Running") == 1, seen
 
 
-# -- finding 10: one reconcile per job ----------------------------------------------------------
+# -- one reconcile per job: one event per transition -----------------------------------------------
 
 
 def test_each_transition_yields_exactly_one_event(
@@ -377,7 +382,7 @@ def test_each_transition_yields_exactly_one_event(
     ]
 
 
-# -- finding 11: smaller ones --------------------------------------------------------------------
+# -- a damaged status field, a missing bucket ------------------------------------------------------
 
 
 def test_a_damaged_status_field_is_reset_not_fatal(
