@@ -1,14 +1,13 @@
-"""Shared fixtures. Tiers follow the directory: tests/unit, tests/integration, tests/e2e.
+"""What every tier needs. Tiers follow the directory: tests/unit, tests/integration, tests/e2e.
 
-Real components only: the `s3` fixture starts a SeaweedFS server; when it cannot start, the
-tests that use it fail with the server's log (they never skip or pass silently).
+Here: the import path, the environment, the tier markers and `repo_root`. The server fixtures are in
+tests/integration/conftest.py: unit tests never start a server.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,8 +22,6 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from devkit.seaweed import SeaweedS3  # noqa: E402
-
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
@@ -36,22 +33,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
-
-
-@pytest.fixture(scope="session")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    """A real SeaweedFS S3 server on 127.0.0.1 with one bucket and random credentials."""
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
-    server.start()  # raises with the server log if it does not come up: tests fail, not skip
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def s3_env(s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> SeaweedS3:
-    """The S3 server's endpoint and credentials in this process's environment."""
-    for key, value in s3.env().items():
-        monkeypatch.setenv(key, value)
-    return s3
