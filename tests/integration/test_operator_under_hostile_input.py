@@ -18,15 +18,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import kmock
-import kopf
 import pytest
 from cpt_core.api.progress import Progress, TrainingProgress
 from cpt_core.api.v1alpha1.status import CheckpointRef
 from cpt_core.validation.validate import parse_job
 from cpt_operator.controller.build.manifests import build_rayjob
-from cpt_operator.controller.settings import OperatorSettings
 
-from devkit.cluster import cluster_job, create_secret, start_cluster, upload_example_data, wait_for
+from devkit.cluster import cluster_job, create_secret, wait_for
 from devkit.faulty_endpoint import FaultyEndpoint
 from devkit.k8s_emulator import CONFIGMAPS, CPTJOBS, RAYJOBS, SECRETS, EmulatorThread
 from devkit.seaweed import SeaweedS3
@@ -41,39 +39,23 @@ from tests.support.operator_checks import (
     write_progress,
     write_raw_progress,
 )
-from tests.support.operator_runner import OperatorThread
+from tests.support.operator_runner import OperatorFactory, OperatorThread
 
-SETTINGS = OperatorSettings(
-    poll_seconds=0.5,
-    metrics_port=0,
-    health_port=0,
-    preflight_backoff_seconds=0.5,
-    preflight_backoff_max_seconds=2,
-    trainer_image="cpt-trainer:test",
-    s3_connect_timeout_seconds=1,
-    s3_read_timeout_seconds=1,
-    s3_max_attempts=2,
-    storage_calls_per_endpoint=2,
-    storage_breaker_seconds=3,
-    storage_deadline_seconds=10,
-)
+# Short S3 timeouts, few attempts and a small bulkhead per endpoint: a hanging endpoint shows within seconds.
+STORAGE_LIMITS = {
+    "s3_connect_timeout_seconds": 1,
+    "s3_read_timeout_seconds": 1,
+    "s3_max_attempts": 2,
+    "storage_calls_per_endpoint": 2,
+    "storage_breaker_seconds": 3,
+    "storage_deadline_seconds": 10,
+}
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[EmulatorThread]:
-    emulator = start_cluster()
-    yield emulator
-    emulator.stop()
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: EmulatorThread, s3: SeaweedS3) -> Iterator[OperatorThread]:
-    upload_example_data(s3)
+def operator(cluster: EmulatorThread, s3: SeaweedS3, operator_factory: OperatorFactory) -> OperatorThread:
     create_secret(cluster, s3)
-    thread = OperatorThread(SETTINGS, login=kopf.ConnectionInfo(server=cluster.url)).start()
-    yield thread
-    thread.stop()
-    assert thread.error is None, thread.error
+    return operator_factory(**STORAGE_LIMITS)
 
 
 @pytest.fixture
@@ -166,7 +148,7 @@ def test_hanging_endpoints_cost_only_their_own_jobs(
     assert "did not answer within 1 s (connect) / 1 s (read), 2 attempt(s)" in " ".join(
         conditions(cluster, n)["StorageReady"]["message"] for n in hanging
     )
-    assert black_hole.peak <= SETTINGS.storage_calls_per_endpoint, black_hole.peak  # a bulkhead, not 8 threads
+    assert black_hole.peak <= operator.settings.storage_calls_per_endpoint, black_hole.peak  # a bulkhead, not 8 threads
     for name in hanging:  # one warning each, not one per retry (events are posted asynchronously)
         wait_for(lambda n=name: "StorageUnreachable" in reasons(cluster, n), what=f"{name}'s warning event")
     time.sleep(1)
@@ -220,7 +202,7 @@ def test_a_foreign_rayjob_is_neither_adopted_nor_deleted(
 ) -> None:
     doc = cluster_job(s3, "leftover", runPolicy={"maxRestarts": 0})
     old = parse_job({**doc, "metadata": {**doc["metadata"], "uid": "0b501e7e-dead-4bad-8bad-000000000002"}})
-    cluster.create(RAYJOBS, build_rayjob(old, 1, SETTINGS))
+    cluster.create(RAYJOBS, build_rayjob(old, 1, operator.settings))
     set_rayjob_status(cluster, "leftover-a1", "Failed", "FAILED", reason="AppFailed", message="old failure")
     cluster.create(CPTJOBS, doc)
     c = wait_for(condition_is(cluster, "leftover", "ClusterReady", "False", "ForeignObject"), what="ForeignObject")
