@@ -3,13 +3,16 @@
 Real components only: the `s3` fixture starts a SeaweedFS server; when it cannot start, the tests that
 use it fail with the server's log (they never skip or pass silently). `cluster` is the faithful
 Kubernetes API emulator (one per test module), `operator_factory` the real operator (kopf) on a thread
-against it.
+against it, `trainer_factory` the real Trainer (DeepSpeed on CPU) in this process.
+
+The trainer's frameworks are imported inside the fixtures that need them: the operator's tests run
+where torch and Ray are not installed (`make py310`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 import pytest
@@ -20,6 +23,9 @@ from devkit.cluster import start_cluster, upload_example_data
 from devkit.k8s_emulator import EmulatorThread
 from devkit.seaweed import SeaweedS3
 from tests.support.operator_runner import OperatorFactory, OperatorThread
+
+if TYPE_CHECKING:
+    from tests.support.trainer_runs import TrainerFactory
 
 # What the operator tests run with unless a module says otherwise: fast polls and preflight retries,
 # no metrics or health server (port 0), a trainer image that is never pulled.
@@ -80,3 +86,21 @@ def operator_factory(cluster: EmulatorThread, s3: SeaweedS3) -> Iterator[Operato
         thread.stop()
     for thread in started:
         assert thread.error is None, thread.error
+
+
+@pytest.fixture(scope="module")
+def process_group() -> None:
+    """The one-process torch.distributed group (gloo on CPU) the Trainer needs outside Ray and torchrun.
+    Once made it stays for the rest of the session (a second call is a no-op)."""
+    from cpt_trainer.distributed import init_distributed_single_process
+
+    init_distributed_single_process()
+
+
+@pytest.fixture(scope="module")
+def trainer_factory(process_group: None) -> TrainerFactory:
+    """`make_trainer` of tests/support/trainer_runs.py once the process group exists: a set-up Trainer for a
+    spec (see `spec_for` there), with its attempt, job name and hooks."""
+    from tests.support.trainer_runs import make_trainer
+
+    return make_trainer
