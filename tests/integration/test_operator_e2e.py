@@ -19,7 +19,7 @@ from devkit.seaweed import SeaweedS3
 from tests.support.faults import fault_env
 from tests.support.operator_runner import OperatorFactory
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.trainer]  # the KubeRay stand-in runs `cpt train` (torch, Ray)
 
 
 @pytest.fixture(scope="module")
