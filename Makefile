@@ -88,6 +88,10 @@ compare-ki: setup ## Plain CPT vs Knowledge-Instruct (synthesised QA pairs + rep
 test: setup ## Set up, then run the test suite (unit + integration; e2e skips without a cluster)
 	PATH=$(abspath $(TOOLS)):$$PATH $(BIN)/pytest $(PYTEST_ARGS)
 
+.PHONY: test-fast
+test-fast: setup ## Set up, then run the test suite without the tests marked slow (-m "not slow": each takes more than ~30 s)
+	PATH=$(abspath $(TOOLS)):$$PATH $(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
 .PHONY: unit
 unit: setup ## Run only the unit tests
 	$(BIN)/pytest -m unit $(PYTEST_ARGS)
