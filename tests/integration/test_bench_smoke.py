@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.trainer  # the benchmarks train (torch) and synthesise (local Ray) in a subprocess
 
 
 def test_gpu_benchmark_runs_its_code_on_cpu() -> None:

@@ -3,8 +3,8 @@ before it is resumed from; a damaged one is skipped with a warning, moved aside 
 and the run resumes from the newest good one. Resume also works with another number of training
 processes (DeepSpeed's universal checkpoint conversion), and replayed steps are not reported twice.
 
-Findings 2, 6, 7 and 9 of issue 11 (real DeepSpeed on CPU, gloo; multi-process runs are spawned
-like torchrun would). Each test says what the code before the fix did.
+Real DeepSpeed on CPU (gloo); multi-process runs are spawned like torchrun would. Each kind of
+damage says the failure it rules out.
 """
 
 from __future__ import annotations
@@ -15,22 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cpt_core.api.progress import Progress
 from cpt_core.api.v1alpha1 import CPTJobSpec
 from cpt_core.contract import layout
-from cpt_core.storage import S3Settings, Storage
+from cpt_core.storage import Storage
 from cpt_trainer.data import prepare
-from cpt_trainer.distributed import RunContext, init_distributed_single_process
-from cpt_trainer.train.trainer import Trainer
 
 from devkit.jobs import tiny_job
 from tests.support.faults import Faults, InjectedFault
 from tests.support.multiproc import run_trainers
-
-
-@pytest.fixture(scope="module", autouse=True)
-def process_group() -> None:
-    init_distributed_single_process()
+from tests.support.trainer_runs import TrainerFactory, read_progress
 
 
 def spec_for(run: Path, **training: Any) -> CPTJobSpec:
@@ -44,22 +37,13 @@ def spec_for(run: Path, **training: Any) -> CPTJobSpec:
     ).spec
 
 
-def make_trainer(spec: CPTJobSpec, attempt: int = 1, hooks: tuple[Any, ...] = ()) -> Trainer:
-    prepared = prepare(spec.resolved(), Storage()).sources
-    trainer = Trainer(spec, prepared, S3Settings(), RunContext(attempt=attempt, job="t"), hooks=list(hooks))
-    trainer.setup()
-    return trainer
-
-
-def progress(run: Path) -> Progress:
-    return Progress.model_validate_json((run / "_status" / "progress.json").read_text())
-
-
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, float]]:
+def reference(
+    tmp_path_factory: pytest.TempPathFactory, trainer_factory: TrainerFactory
+) -> tuple[Path, dict[int, float]]:
     """An uninterrupted 8-step run with committed checkpoints at steps 2, 4, 6 and 8."""
     run = tmp_path_factory.mktemp("reference") / "run"
-    outcome = make_trainer(spec_for(run)).fit()
+    outcome = trainer_factory(spec_for(run)).fit()
     assert outcome.state == "succeeded"
     return run, outcome.losses
 
@@ -73,13 +57,13 @@ def crashed_after_step_7(reference: tuple[Path, dict[int, float]], tmp_path: Pat
 
 
 DAMAGE = {
-    # finding 2: a truncated trainer state was a bare JSONDecodeError, retried; no fallback
+    # not a bare JSONDecodeError, retried without a fallback to the checkpoint before
     "truncated trainer_state.json": lambda d: (d / layout.TRAINER_STATE).write_text(
         (d / layout.TRAINER_STATE).read_text()[:40]
     ),
-    # finding 2: a deleted optimizer shard was a FileNotFoundError on a temp path, retried; no fallback
+    # not a FileNotFoundError on a temp path, retried without a fallback to the checkpoint before
     "deleted optimizer shard": lambda d: (d / "ckpt" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").unlink(),
-    # finding 6: a missing rank state was ignored: the RNG state was silently lost
+    # not ignored: the RNG state would be silently lost
     "deleted rank state": lambda d: (d / "rank_state_00000.pt").unlink(),
     # same size, other bytes: only the checksum can tell
     "one byte changed in the model states": lambda d: _flip(d / "ckpt" / "mp_rank_00_model_states.pt", 2000),
@@ -94,12 +78,16 @@ def _flip(path: Path, offset: int) -> None:
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_resumes_from_the_one_before(
-    reference: tuple[Path, dict[int, float]], tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+    reference: tuple[Path, dict[int, float]],
+    tmp_path: Path,
+    damage: str,
+    caplog: pytest.LogCaptureFixture,
+    trainer_factory: TrainerFactory,
 ) -> None:
     run = crashed_after_step_7(reference, tmp_path)
     DAMAGE[damage](run / "step-00000006")
 
-    resumed = make_trainer(spec_for(run), attempt=2)
+    resumed = trainer_factory(spec_for(run), attempt=2)
     assert resumed.step == 4  # the newest good checkpoint
     warning = next(r.getMessage() for r in caplog.records if "trying the checkpoint before it" in r.getMessage())
     assert "step-00000006/ is damaged: " in warning
@@ -115,24 +103,24 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_resumes_from_the_one
     for step in range(5, 9):  # exactly the uninterrupted run
         assert outcome.losses[step] == pytest.approx(reference[1][step], abs=1e-6), step
     # The status says which checkpoint was used and which was skipped.
-    ref = progress(run).checkpoint
+    ref = read_progress(run).checkpoint
     assert ref is not None and ref.step == 8 and ref.resumed_from == 4
     assert [(s.step, s.kept_at) for s in ref.skipped] == [(6, f"file://{kept[0]}/")]
     assert "is damaged" in ref.skipped[0].reason
 
 
 def test_when_every_checkpoint_is_damaged_the_run_starts_from_the_starting_weights(
-    reference: tuple[Path, dict[int, float]], tmp_path: Path
+    reference: tuple[Path, dict[int, float]], tmp_path: Path, trainer_factory: TrainerFactory
 ) -> None:
     run = crashed_after_step_7(reference, tmp_path)
     for step in (2, 4, 6):
         (run / f"step-{step:08d}" / layout.TRAINER_STATE).write_text("{")
-    resumed = make_trainer(spec_for(run), attempt=2)
+    resumed = trainer_factory(spec_for(run), attempt=2)
     assert resumed.step == 0
     assert sorted(p.name[:13] for p in (run / "_damaged").iterdir()) == [f"step-{s:08d}" for s in (2, 4, 6)]
     outcome = resumed.fit()
     assert outcome.losses[1] == pytest.approx(reference[1][1], abs=1e-6)
-    assert [s.step for s in progress(run).checkpoint.skipped] == [6, 4, 2]
+    assert [s.step for s in read_progress(run).checkpoint.skipped] == [6, 4, 2]
 
 
 def test_the_manifest_lists_every_ranks_files_with_checksums(reference: tuple[Path, dict[int, float]]) -> None:
@@ -151,28 +139,28 @@ def test_the_manifest_lists_every_ranks_files_with_checksums(reference: tuple[Pa
 
 
 def test_checkpoints_written_before_manifests_still_resume_and_are_checked(
-    reference: tuple[Path, dict[int, float]], tmp_path: Path
+    reference: tuple[Path, dict[int, float]], tmp_path: Path, trainer_factory: TrainerFactory
 ) -> None:
     run = crashed_after_step_7(reference, tmp_path)
-    for step in (2, 4, 6):  # as the previous version wrote them
+    for step in (2, 4, 6):  # as written by a version without manifests
         directory = run / f"step-{step:08d}"
         (directory / layout.MANIFEST).unlink()
         (directory / layout.COMMITTED).write_text(json.dumps({"step": step, "attempt": 1}))
     shard = run / "step-00000006" / "ckpt" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
     shard.write_bytes(shard.read_bytes()[:-100])  # cut short: torch's zip CRCs catch it
-    resumed = make_trainer(spec_for(run), attempt=2)
+    resumed = trainer_factory(spec_for(run), attempt=2)
     assert resumed.step == 4
     assert resumed.fit().losses[5] == pytest.approx(reference[1][5], abs=1e-6)
 
 
-def test_replayed_steps_are_reported_once(tmp_path: Path) -> None:
-    """Finding 7: report/metrics.jsonl repeated the rows of steps replayed after a resume."""
+def test_replayed_steps_are_reported_once(tmp_path: Path, trainer_factory: TrainerFactory) -> None:
+    """report/metrics.jsonl has one row per step, also for the steps replayed after a resume."""
     run = tmp_path / "run"
-    first = make_trainer(spec_for(run), hooks=(Faults(raise_at_step=7),))
+    first = trainer_factory(spec_for(run), hooks=(Faults(raise_at_step=7),))
     with pytest.raises(InjectedFault):
         first.fit()
     first.checkpointer.finish()
-    resumed = make_trainer(spec_for(run), attempt=2)
+    resumed = trainer_factory(spec_for(run), attempt=2)
     assert resumed.step == 6  # steps 7 was trained, lost, and is replayed
     assert resumed.fit().state == "succeeded"
     rows = [json.loads(line) for line in (run / "report" / "metrics.jsonl").read_text().splitlines()]
@@ -182,12 +170,14 @@ def test_replayed_steps_are_reported_once(tmp_path: Path) -> None:
     assert eval_steps == [0, 4, 8]
 
 
-# -- finding 9: resume with another number of training processes ------------------------------------
+# -- resume with another number of training processes ----------------------------------------------
 
 
 @pytest.mark.parametrize("zero_stage", [2, 3])
-def test_a_run_of_two_processes_resumes_with_one(tmp_path: Path, zero_stage: int) -> None:
-    """Before: "written by 2 training processes; resuming it needs the same number" (a RuntimeError,
+def test_a_run_of_two_processes_resumes_with_one(
+    tmp_path: Path, zero_stage: int, trainer_factory: TrainerFactory
+) -> None:
+    """Not "written by 2 training processes; resuming it needs the same number" (a RuntimeError,
     retried until RestartLimitReached)."""
     run = tmp_path / "run"
     spec = spec_for(run).model_copy(
@@ -201,7 +191,7 @@ def test_a_run_of_two_processes_resumes_with_one(tmp_path: Path, zero_stage: int
     shutil.rmtree(run / "step-00000008")
     assert json.loads((run / "step-00000004" / layout.TRAINER_STATE).read_text())["world"] == 2
 
-    one = make_trainer(spec, attempt=2)
+    one = trainer_factory(spec, attempt=2)
     assert one.step == 4
     # The sampler continues at the same global sample: step 5 trains samples 16..19 (4 rows a step).
     indices = sorted(

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from devkit.jobs import tiny_job_doc
+
+pytestmark = pytest.mark.trainer  # `cpt prepare` tokenizes (transformers) in a subprocess
 
 SECRET = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials"}, "stringData": {"A": "b"}}
 

@@ -14,7 +14,7 @@ import yaml
 from devkit.jobs import TINY_MODEL, tiny_job_doc
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.trainer]  # `cpt run` trains (torch, Ray) in a subprocess
 
 
 def write_job(path: Path, **spec: object) -> Path:

@@ -1,8 +1,8 @@
 """Verify before trust, for data: compressed inputs end cleanly, cache entries are checked before a
 "cache hit", and one huge document does not need memory out of proportion to its size.
 
-Findings 1, 3, 5 (cache side) and 8 of issue 11; each test fails on the code before the fix (see the
-docstrings).
+Each test's docstring names the failure it rules out: data lost or damaged without a word, a
+traceback instead of one line, or memory that grows with the longest line.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def zstd_in_two_blocks(lines: bytes) -> tuple[bytes, int]:
     return first + compressor.compress(lines[half:]) + compressor.flush(), len(first)
 
 
-# -- finding 1: a truncated .zst is an error naming the file, never a shorter file --------------------
+# -- a truncated .zst is an error naming the file, never a shorter file ----------------------------
 
 
 @pytest.mark.parametrize("skip_malformed", [False, True])
@@ -68,8 +68,8 @@ def zstd_in_two_blocks(lines: bytes) -> tuple[bytes, int]:
 def test_a_truncated_zstd_file_is_an_error_naming_it(
     tmp_path: Path, tokenizer: Any, cut: str, skip_malformed: bool
 ) -> None:
-    """Before: cut at the block boundary, 64 of 128 lines were read without a word; cut inside a
-    block, the lost tail was "invalid JSON" (or, with skipMalformed, one skipped record)."""
+    """Never read as a shorter file: cut at the block boundary, not 64 of 128 lines without a word; cut
+    inside a block, not "invalid JSON" for the lost tail (or, with skipMalformed, one skipped record)."""
     data, boundary = zstd_in_two_blocks(jsonl(128))
     intact = tmp_path / "intact.jsonl.zst"
     intact.write_bytes(data)
@@ -100,11 +100,11 @@ def test_concatenated_zstd_frames_read_fully_and_checksums_are_checked(tmp_path:
         prepare(spec_for(tmp_path, [str(tmp_path / "flipped.jsonl.zst")]), Storage(), tokenizer=tokenizer)
 
 
-# -- finding 3: damaged gzip bytes are a one-line DataError, not a traceback ---------------------------
+# -- damaged gzip bytes are a one-line DataError, not a traceback ----------------------------------
 
 
 def test_corrupt_gzip_is_a_data_error_and_cpt_prepare_prints_one_line(tmp_path: Path, tokenizer: Any) -> None:
-    """Before: zlib.error escaped the reader and `cpt prepare` printed a Python traceback."""
+    """Not a zlib.error escaping the reader, nor a Python traceback printed by `cpt prepare`."""
     damaged = bytearray(gzip.compress(jsonl(128), mtime=0))
     damaged[15:31] = bytes(16)  # zeroed bytes inside the deflate stream
     path = tmp_path / "zeroed.jsonl.gz"
@@ -122,7 +122,7 @@ def test_corrupt_gzip_is_a_data_error_and_cpt_prepare_prints_one_line(tmp_path: 
     assert "zeroed.jsonl.gz is damaged or truncated" in output and "Traceback" not in output
 
 
-# -- finding 5 (cache side): a damaged cache entry is rebuilt, never a "cache hit" ------------------------
+# -- a damaged cache entry is rebuilt, never a "cache hit" -----------------------------------------
 
 
 def shard_bytes(storage: Storage, prepared: Any) -> list[bytes]:
@@ -133,7 +133,7 @@ def shard_bytes(storage: Storage, prepared: Any) -> list[bytes]:
 
 @pytest.mark.parametrize("damage", ["truncated", "one byte changed", "deleted"])
 def test_a_damaged_local_cache_entry_is_rebuilt(tmp_path: Path, tokenizer: Any, damage: str) -> None:
-    """Before: `cpt prepare` said "cache hit" for a truncated shard and training failed on it later."""
+    """Not a "cache hit" from `cpt prepare` for a damaged shard that training would fail on later."""
     write_numbered_corpus(tmp_path / "corpus", files=2, docs_per_file=30)
     spec = spec_for(tmp_path, [str(tmp_path / "corpus") + "/"])
     storage = Storage()
@@ -177,11 +177,11 @@ def test_a_replaced_shard_on_s3_is_rebuilt(tmp_path: Path, tokenizer: Any, s3_en
     assert prepare(spec, storage, tokenizer=tokenizer).sources[0].cache_hit
 
 
-# -- finding 8: one huge document, bounded memory ---------------------------------------------------------
+# -- one huge document, bounded memory -------------------------------------------------------------
 
 
 def test_a_huge_single_line_document_needs_memory_within_10x_its_size(tmp_path: Path) -> None:
-    """Before: a 20 MB single-line document peaked at ~2.6 GB (about 100x over the baseline)."""
+    """A 20 MB single-line document, not a peak of ~2.6 GB (about 100x over the baseline)."""
     figures = measure(tmp_path, 20 * 1024 * 1024)
     growth = figures["peakRss"] - figures["baselineRss"]
     ratio = growth / figures["documentBytes"]

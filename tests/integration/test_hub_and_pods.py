@@ -9,45 +9,21 @@ v1.7.0's CRD schema on create).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import kopf
 import pytest
 from cpt_core.storage import S3Settings, Storage
 from cpt_core.validation.validate import parse_job
-from cpt_operator.controller.settings import OperatorSettings
 
-from devkit.cluster import ROOT, cluster_job, create_secret, start_cluster, upload_example_data, wait_for
+from devkit.cluster import ROOT, cluster_job, create_secret, wait_for
 from devkit.k8s_emulator import CPTJOBS, RAYJOBS, EmulatorThread
 from devkit.seaweed import SeaweedS3
-from tests.support.operator_runner import OperatorThread
+from tests.support.operator_runner import OperatorFactory, OperatorThread
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[EmulatorThread]:
-    emulator = start_cluster()
-    yield emulator
-    emulator.stop()
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: EmulatorThread, s3: SeaweedS3) -> Iterator[OperatorThread]:
-    upload_example_data(s3)
-    settings = OperatorSettings(
-        poll_seconds=0.5,
-        metrics_port=0,
-        health_port=0,
-        preflight_backoff_seconds=0.5,
-        preflight_backoff_max_seconds=2,
-        trainer_image="cpt-trainer:test",
-        image_pull_secrets=["ghcr-pull"],
-        hub_preflight="skip",
-    )
-    thread = OperatorThread(settings, login=kopf.ConnectionInfo(server=cluster.url)).start()
-    yield thread
-    thread.stop()
-    assert thread.error is None, thread.error
+def operator(operator_factory: OperatorFactory) -> OperatorThread:
+    return operator_factory(image_pull_secrets=["ghcr-pull"], hub_preflight="skip")
 
 
 def condition(cluster: EmulatorThread, name: str, kind: str = "StorageReady") -> dict[str, Any]:

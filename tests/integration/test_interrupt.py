@@ -1,9 +1,9 @@
-"""Interruptions (finding 4 of issue 11): SIGINT/SIGTERM end a run cleanly, with a checkpoint of the
-step in progress when the grace period allows, a progress file that says `interrupted`, one line
-that says where the run resumes, and exit status 130 / 143.
+"""Interruptions: SIGINT/SIGTERM end a run cleanly, with a checkpoint of the step in progress when the
+grace period allows, a progress file that says `interrupted`, one line that says where the run resumes,
+and exit status 130 / 143.
 
-Before the fix, SIGINT during `cpt run` exited 1 without a word (Ray Train's own SIGINT handler),
-SIGTERM aborted with 134 and a C++ stack dump, and both left `progress.json` at "running".
+What this rules out: SIGINT during `cpt run` exiting 1 without a word (Ray Train's own SIGINT handler),
+SIGTERM aborting with 134 and a C++ stack dump, and either leaving `progress.json` at "running".
 """
 
 from __future__ import annotations
@@ -19,22 +19,17 @@ from typing import Any
 
 import pytest
 import yaml
-from cpt_core.api.progress import Progress
 from cpt_core.api.v1alpha1 import CPTJobSpec
 from cpt_core.contract import layout
-from cpt_core.storage import S3Settings, Storage
-from cpt_trainer.data import prepare
-from cpt_trainer.distributed import RunContext, init_distributed_single_process
+from cpt_core.storage import Storage
 from cpt_trainer.train.hooks import TrainerHooks
 from cpt_trainer.train.interrupt import request_stop
-from cpt_trainer.train.trainer import Trainer
 
 from devkit.jobs import tiny_job, tiny_job_doc
+from tests.support.trainer_runs import TrainerFactory, read_progress
 
-
-@pytest.fixture(scope="module", autouse=True)
-def process_group() -> None:
-    init_distributed_single_process()
+# Every test runs with the one-process group, also those that start `cpt run` (it inherits the group's environment).
+pytestmark = pytest.mark.usefixtures("process_group")
 
 
 def spec_for(run: Path, **checkpoint: Any) -> CPTJobSpec:
@@ -46,17 +41,6 @@ def spec_for(run: Path, **checkpoint: Any) -> CPTJobSpec:
             "data": {"cacheUri": str(run.parent / "cache") + "/"},
         }
     ).spec
-
-
-def make_trainer(spec: CPTJobSpec, attempt: int = 1, hooks: tuple[TrainerHooks, ...] = ()) -> Trainer:
-    prepared = prepare(spec.resolved(), Storage()).sources
-    trainer = Trainer(spec, prepared, S3Settings(), RunContext(attempt=attempt, job="t"), hooks=list(hooks))
-    trainer.setup()
-    return trainer
-
-
-def progress(run: Path) -> Progress:
-    return Progress.model_validate_json((run / "_status" / "progress.json").read_text())
 
 
 class At(TrainerHooks):
@@ -72,18 +56,20 @@ class At(TrainerHooks):
             time.sleep(self.then_sleep)
 
 
-def test_a_stop_request_finishes_the_step_commits_it_and_resumes_exactly(tmp_path: Path) -> None:
-    reference = make_trainer(spec_for(tmp_path / "reference")).fit()
+def test_a_stop_request_finishes_the_step_commits_it_and_resumes_exactly(
+    tmp_path: Path, trainer_factory: TrainerFactory
+) -> None:
+    reference = trainer_factory(spec_for(tmp_path / "reference")).fit()
     run = tmp_path / "run"
     # The driver's side: the request file, as `cpt run` writes it on SIGTERM. Rank 0 polls it.
     write = At(3, lambda t: request_stop(Storage(), str(run), attempt=1, signal_name="SIGTERM"), then_sleep=0.6)
-    outcome = make_trainer(spec_for(run), hooks=(write,)).fit()
+    outcome = trainer_factory(spec_for(run), hooks=(write,)).fit()
     assert outcome.state == "interrupted" and outcome.reason == "Interrupted"
     stopped = outcome.step
     assert 3 < stopped < 8
     # The step it stopped after is committed, although the interval is 5.
     assert (run / f"step-{stopped:08d}" / layout.COMMITTED).exists()
-    written = progress(run)
+    written = read_progress(run)
     assert written.state == "interrupted" and written.reason == "Interrupted"
     assert written.message.startswith(f"interrupted by SIGTERM after step {stopped}; the next run resumes from")
     assert written.checkpoint is not None and written.checkpoint.step == stopped
@@ -94,7 +80,7 @@ def test_a_stop_request_finishes_the_step_commits_it_and_resumes_exactly(tmp_pat
     rows = [json.loads(line) for line in (run / "report" / "metrics.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in rows if r["kind"] == "train") == stopped and (run / "report" / "loss.png").exists()
 
-    resumed = make_trainer(spec_for(run), attempt=2)
+    resumed = trainer_factory(spec_for(run), attempt=2)
     assert resumed.step == stopped
     final = resumed.fit()
     assert final.state == "succeeded"
@@ -102,13 +88,15 @@ def test_a_stop_request_finishes_the_step_commits_it_and_resumes_exactly(tmp_pat
         assert final.losses[step] == pytest.approx(reference.losses[step], abs=1e-6), step
 
 
-def test_without_a_grace_period_the_run_stops_at_the_last_committed_checkpoint(tmp_path: Path) -> None:
+def test_without_a_grace_period_the_run_stops_at_the_last_committed_checkpoint(
+    tmp_path: Path, trainer_factory: TrainerFactory
+) -> None:
     run = tmp_path / "run"
     ask = At(2, lambda t: t.stop_signal.request("SIGINT"))  # seen by every rank in step 3's reduction
-    outcome = make_trainer(spec_for(run, interruptGraceSeconds=0), hooks=(ask,)).fit()
+    outcome = trainer_factory(spec_for(run, interruptGraceSeconds=0), hooks=(ask,)).fit()
     assert outcome.state == "interrupted" and outcome.step == 3
     assert not (run / "step-00000003").exists()
-    written = progress(run)
+    written = read_progress(run)
     assert written.state == "interrupted" and written.checkpoint is None
     assert "after step 3; the next run resumes from the start (no checkpoint was committed yet)" in written.message
 
@@ -176,7 +164,7 @@ def test_sigterm_ends_cpt_run_with_143_a_checkpoint_and_one_line(tmp_path: Path)
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     output = log.read_text()
-    written = progress(run)
+    written = read_progress(run)
     assert written.state == "interrupted" and written.reason == "Interrupted", output[-3000:]
     stopped = written.progress.step
     assert written.checkpoint is not None and written.checkpoint.step == stopped
@@ -201,7 +189,7 @@ def test_ctrl_c_twice_abandons_the_step_and_exits_130(tmp_path: Path) -> None:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     output = log.read_text()
-    written = progress(run)
+    written = read_progress(run)
     assert written.state == "interrupted" and written.reason == "Interrupted", output[-3000:]
     assert written.message.startswith("interrupted by SIGINT")
     assert "interrupted at step" in output and "resumes from" in output

@@ -8,29 +8,26 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import kopf
 import pytest
 import yaml
-from cpt_operator.controller.settings import OperatorSettings
 
-from devkit.cluster import cluster_job, create_secret, start_cluster, upload_example_data, wait_for
+from devkit.cluster import cluster_job, create_secret, wait_for
 from devkit.k8s_emulator import CPTJOBS, PODS, RAYJOBS, EmulatorThread
 from devkit.seaweed import SeaweedS3
-from tests.support.operator_runner import OperatorThread
+from tests.support.operator_checks import set_rayjob_status
+from tests.support.operator_runner import OperatorFactory
 
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
-def stack(s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmulatorThread, dict[str, str]]]:
-    upload_example_data(s3)
-    cluster = start_cluster()
-    settings = OperatorSettings(poll_seconds=0.5, metrics_port=0, health_port=0, trainer_image="cpt-trainer:test")
-    operator = OperatorThread(settings, login=kopf.ConnectionInfo(server=cluster.url)).start()
+def stack(
+    cluster: EmulatorThread, s3: SeaweedS3, operator_factory: OperatorFactory, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[EmulatorThread, dict[str, str]]:
+    """The emulator with the operator running, and the environment of a user whose kubeconfig points at it."""
+    operator_factory()
     create_secret(cluster, s3)
     config = tmp_path_factory.mktemp("kube") / "config"
     config.write_text(
@@ -47,9 +44,7 @@ def stack(s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBERNETES_"))}
     env["KUBECONFIG"] = str(config)
-    yield cluster, env
-    operator.stop()
-    cluster.stop()
+    return cluster, env
 
 
 def cli(env: dict[str, str], *args: str, program: str = "cpt", timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -63,11 +58,6 @@ def add_pod(cluster: EmulatorThread, rayjob: str, pod: str, labels: dict[str, st
     cluster.create(PODS, {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": {"containers": [{"name": "c"}]}})
     cluster.patch(PODS, "ml", pod, {"status": {"phase": "Running"}}, subresource="status")
     cluster.emulator.pod_logs[("ml", pod, "c")] = log
-
-
-def rayjob_status(cluster: EmulatorThread, name: str, deployment: str, job_status: str, **extra: Any) -> None:
-    status = {"jobDeploymentStatus": deployment, "jobStatus": job_status, **extra}
-    cluster.patch(RAYJOBS, "ml", name, {"status": status}, subresource="status")
 
 
 def test_status_prints_text_json_and_yaml(stack: tuple[EmulatorThread, dict[str, str]], s3: SeaweedS3) -> None:
@@ -137,7 +127,7 @@ def test_logs_follow_the_live_attempt_then_read_the_copies(
 
     # The attempt fails: the operator copies the logs, the next attempt starts; once the pods are gone,
     # `cpt logs --attempt 1` reads the copies (with the job's Secret: this user may read it).
-    rayjob_status(cluster, "told-a1", "Failed", "FAILED", reason="AppFailed", message="boom")
+    set_rayjob_status(cluster, "told-a1", "Failed", "FAILED", reason="AppFailed", message="boom")
     wait_for(lambda: cluster.get(RAYJOBS, "ml", "told-a2"), what="attempt 2")
     # A restarted attempt's RayJob is deleted after the copy, and its pods with it (owner references).
     wait_for(lambda: cluster.get(RAYJOBS, "ml", "told-a1") is None, what="attempt 1's RayJob deleted")

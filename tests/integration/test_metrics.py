@@ -9,18 +9,16 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-import kopf
 import pytest
 from cpt_core.api.progress import Progress, TrainingProgress
 from cpt_core.api.v1alpha1.status import EvalResult, EvaluationStatus
 from cpt_operator.controller.metrics import JOB_GAUGES, Metrics
-from cpt_operator.controller.settings import OperatorSettings
 from prometheus_client.parser import text_string_to_metric_families
 
-from devkit.cluster import cluster_job, create_secret, start_cluster, upload_example_data, wait_for
+from devkit.cluster import cluster_job, create_secret, wait_for
 from devkit.k8s_emulator import CPTJOBS, RAYJOBS, EmulatorThread
 from devkit.seaweed import SeaweedS3
-from tests.support.operator_runner import OperatorThread
+from tests.support.operator_runner import OperatorFactory, OperatorThread
 
 
 def free_port() -> int:
@@ -30,18 +28,17 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def stack(s3: SeaweedS3) -> Iterator[tuple[EmulatorThread, OperatorThread, str]]:
-    upload_example_data(s3)
-    cluster = start_cluster()
+def stack(
+    cluster: EmulatorThread, s3: SeaweedS3, operator_factory: OperatorFactory
+) -> Iterator[tuple[EmulatorThread, OperatorThread, str]]:
+    """The emulator, the operator running with its metrics, and the URL of their real /metrics endpoint."""
     metrics, port = Metrics(), free_port()
     server: Any = metrics.serve(port, addr="127.0.0.1")
-    settings = OperatorSettings(poll_seconds=0.5, metrics_port=0, health_port=0, trainer_image="cpt-trainer:test")
-    operator = OperatorThread(settings, login=kopf.ConnectionInfo(server=cluster.url), metrics=metrics).start()
+    operator = operator_factory(metrics=metrics)
     create_secret(cluster, s3)
     yield cluster, operator, f"http://127.0.0.1:{port}/metrics"
-    operator.stop()
+    operator.stop()  # before the endpoint it exports to
     server.shutdown()
-    cluster.stop()
 
 
 def scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:

@@ -7,45 +7,22 @@ runs real training behind a KubeRay stand-in.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import kopf
 import pytest
 from cpt_core.api.progress import TrainingProgress
 from cpt_core.api.v1alpha1.status import CheckpointRef, EvalResult, EvaluationStatus, OutputStatus
-from cpt_operator.controller.settings import OperatorSettings
 
-from devkit.cluster import cluster_job, create_secret, start_cluster, upload_example_data, wait_for
+from devkit.cluster import cluster_job, create_secret, wait_for
 from devkit.k8s_emulator import CONFIGMAPS, CPTJOBS, EVENTS, PODS, RAYJOBS, EmulatorThread
 from devkit.seaweed import SeaweedS3
 from tests.support.operator_checks import phase_is, set_rayjob_status, status, write_progress
-from tests.support.operator_runner import OperatorThread
+from tests.support.operator_runner import OperatorFactory, OperatorThread
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[EmulatorThread]:
-    emulator = start_cluster()
-    yield emulator
-    emulator.stop()
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: EmulatorThread, s3: SeaweedS3) -> Iterator[OperatorThread]:
-    upload_example_data(s3)
-    settings = OperatorSettings(
-        poll_seconds=0.5,
-        metrics_port=0,
-        health_port=0,
-        preflight_backoff_seconds=0.5,
-        preflight_backoff_max_seconds=2,
-        trainer_image="cpt-trainer:test",
-        log_copy_max_bytes=4096,
-    )
-    thread = OperatorThread(settings, login=kopf.ConnectionInfo(server=cluster.url)).start()
-    yield thread
-    thread.stop()
-    assert thread.error is None, thread.error
+def operator(operator_factory: OperatorFactory) -> OperatorThread:
+    return operator_factory(log_copy_max_bytes=4096)  # a failed attempt's logs are cut to their last 4 kB
 
 
 def events_for(cluster: EmulatorThread, name: str) -> list[tuple[str, str]]:

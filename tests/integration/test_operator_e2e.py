@@ -10,36 +10,32 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-import kopf
 import pytest
-from cpt_operator.controller.settings import OperatorSettings
 
-from devkit.cluster import cluster_job, create_secret, start_cluster, upload_example_data, wait_for
+from devkit.cluster import cluster_job, create_secret, wait_for
 from devkit.k8s_emulator import CPTJOBS, EVENTS, RAYJOBS, EmulatorThread
 from devkit.kuberay_standin import KubeRayStandIn
 from devkit.seaweed import SeaweedS3
 from tests.support.faults import fault_env
-from tests.support.operator_runner import OperatorThread
+from tests.support.operator_runner import OperatorFactory
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.trainer]  # the KubeRay stand-in runs `cpt train` (torch, Ray)
 
 
 @pytest.fixture(scope="module")
-def stack(s3: SeaweedS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmulatorThread, KubeRayStandIn]]:
-    upload_example_data(s3)
-    cluster = start_cluster()
-
+def stack(
+    cluster: EmulatorThread, s3: SeaweedS3, operator_factory: OperatorFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[EmulatorThread, KubeRayStandIn]]:
+    """The emulator, a KubeRay stand-in that runs each RayJob's entrypoint here, and the operator (1 s polls)."""
     # Attempt 1 of "resilient" crashes at step 24 (after committing step 16), also after Ray Train's
     # in-attempt worker restart: the attempt fails and the operator must start attempt 2.
     faults = {"resilient-a1": fault_env("raise_at_step=24"), "poisoned-a1": fault_env("nan_at_step=6")}
     standin = KubeRayStandIn(cluster, tmp_path_factory.mktemp("kuberay"), extra_env=faults).start()
-    settings = OperatorSettings(poll_seconds=1, metrics_port=0, health_port=0, trainer_image="cpt-trainer:test")
-    operator = OperatorThread(settings, login=kopf.ConnectionInfo(server=cluster.url)).start()
+    operator = operator_factory(poll_seconds=1)
     create_secret(cluster, s3)
     yield cluster, standin
-    operator.stop()
+    operator.stop()  # before the stand-in that runs its RayJobs
     standin.stop()
-    cluster.stop()
 
 
 def _exists(s3: SeaweedS3, key: str) -> bool:

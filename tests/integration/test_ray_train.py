@@ -163,7 +163,7 @@ def test_zero3_with_two_workers_exports_a_loadable_model(ray_cluster: SeaweedS3,
 def test_a_permanent_error_on_one_rank_is_reported_once_and_never_retried(
     ray_cluster: SeaweedS3, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Finding 5: a damaged shard was retried maxRestarts times and reported as traceback lines."""
+    """A damaged shard is not retried maxRestarts times, nor reported as traceback lines."""
     job = job_on_s3(ray_cluster, "ray-damaged", data={"cacheUri": f"s3://{ray_cluster.bucket}/cache-damaged/"})
     storage = Storage(S3Settings.from_spec(job.spec.storage, ray_cluster.env()))
 
@@ -189,7 +189,7 @@ def test_a_permanent_error_on_one_rank_is_reported_once_and_never_retried(
 def test_changing_cluster_workers_resumes_with_the_new_number(
     uninterrupted: tuple[CPTJob, Any], ray_cluster: SeaweedS3, tmp_path: Path
 ) -> None:
-    """Finding 9: resuming a 2-worker checkpoint with 1 worker was a RuntimeError retried until RestartLimitReached."""
+    """A 2-worker checkpoint resumes with 1 worker (not a RuntimeError retried until RestartLimitReached)."""
     reference_job, _ = uninterrupted
     storage = Storage(S3Settings.from_spec(reference_job.spec.storage, ray_cluster.env()))
     reference = final_losses(storage, reference_job)

@@ -10,20 +10,14 @@ from typing import Any
 
 import pytest
 import torch
-from cpt_trainer.distributed import init_distributed_single_process
 from cpt_trainer.train.step import reset_optimizer
 
 from devkit.jobs import tiny_job
 from tests.support.faults import Faults, InjectedFault
-from tests.support.trainer_runs import AfterStep, make_trainer, read_progress, spec_for
+from tests.support.trainer_runs import AfterStep, TrainerFactory, read_progress, spec_for
 
 ROWS = 4  # globalBatchTokens 512 / sequenceLength 128
 SEQ = 128
-
-
-@pytest.fixture(scope="module", autouse=True)
-def process_group() -> None:
-    init_distributed_single_process()
 
 
 def staged_spec(run: Path, **overrides: Any) -> Any:
@@ -45,9 +39,11 @@ def optimizer_steps(trainer: Any) -> int:
     return 0 if state is None else int(state["step"])
 
 
-def test_stages_train_in_order_with_their_own_mixture_schedule_and_optimizer(tmp_path: Path) -> None:
+def test_stages_train_in_order_with_their_own_mixture_schedule_and_optimizer(
+    tmp_path: Path, trainer_factory: TrainerFactory
+) -> None:
     seen: dict[int, int] = {}
-    trainer = make_trainer(
+    trainer = trainer_factory(
         staged_spec(tmp_path / "run"), hooks=(AfterStep(lambda t: seen.update({t.step: optimizer_steps(t)})),)
     )
     outcome = trainer.fit()
@@ -77,16 +73,16 @@ def test_stages_train_in_order_with_their_own_mixture_schedule_and_optimizer(tmp
     assert (tmp_path / "run" / "report" / "loss.png").exists()
 
 
-def test_resume_inside_the_second_stage_is_exact(tmp_path: Path) -> None:
-    reference = make_trainer(staged_spec(tmp_path / "a")).fit()
+def test_resume_inside_the_second_stage_is_exact(tmp_path: Path, trainer_factory: TrainerFactory) -> None:
+    reference = trainer_factory(staged_spec(tmp_path / "a")).fit()
     run = tmp_path / "b"
-    crashing = make_trainer(staged_spec(run), hooks=(Faults(raise_at_step=7),))
+    crashing = trainer_factory(staged_spec(run), hooks=(Faults(raise_at_step=7),))
     with pytest.raises(InjectedFault):
         crashing.fit()
     # Step 6's checkpoint may still be uploading when step 7 crashes (on a loaded machine it is): let it
     # commit, so the resume point is step 6 every time (an older one is tested in test_checkpoint_integrity).
     crashing.checkpointer.finish()
-    resumed = make_trainer(staged_spec(run), attempt=2)
+    resumed = trainer_factory(staged_spec(run), attempt=2)
     assert resumed.step == 6 and resumed.data.stage.name == "cpt"
     outcome = resumed.fit()
     assert outcome.state == "succeeded"
@@ -96,14 +92,16 @@ def test_resume_inside_the_second_stage_is_exact(tmp_path: Path) -> None:
     assert [s.phase for s in progress.stages] == ["Succeeded"] * 3
 
 
-def test_a_resume_exactly_at_a_stage_boundary_resets_like_the_uninterrupted_run(tmp_path: Path) -> None:
-    reference = make_trainer(staged_spec(tmp_path / "a")).fit()
+def test_a_resume_exactly_at_a_stage_boundary_resets_like_the_uninterrupted_run(
+    tmp_path: Path, trainer_factory: TrainerFactory
+) -> None:
+    reference = trainer_factory(staged_spec(tmp_path / "a")).fit()
     run = tmp_path / "b"
-    crashing = make_trainer(staged_spec(run), hooks=(Faults(raise_at_step=10),))
+    crashing = trainer_factory(staged_spec(run), hooks=(Faults(raise_at_step=10),))
     with pytest.raises(InjectedFault):
         crashing.fit()
     crashing.checkpointer.finish()  # the boundary's checkpoint was uploading when the process died: commit it
-    resumed = make_trainer(staged_spec(run), attempt=2)
+    resumed = trainer_factory(staged_spec(run), attempt=2)
     assert resumed.step == 10  # the checkpoint at the end of cpt
     outcome = resumed.fit()
     for step in (11, 12):
@@ -128,18 +126,20 @@ def forgetting_spec(run: Path, pretrained: Path, **overrides: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def general_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def general_model(tmp_path_factory: pytest.TempPathFactory, trainer_factory: TrainerFactory) -> Path:
     root = tmp_path_factory.mktemp("general")
     general_only = {"sources": [{**tiny_job().spec.data.sources[1].wire(), "role": "domain", "weight": 1}]}
     spec = spec_for(
         root / "pre", data=general_only, training={"steps": 40, "learningRate": 3e-3}, evaluation={"intervalSteps": 40}
     )
-    assert make_trainer(spec).fit().state == "succeeded"
+    assert trainer_factory(spec).fit().state == "succeeded"
     return root / "pre" / "final"
 
 
-def test_adaptive_replay_raises_the_share_and_a_resume_reproduces_it(tmp_path: Path, general_model: Path) -> None:
-    reference = make_trainer(forgetting_spec(tmp_path / "a", general_model)).fit()
+def test_adaptive_replay_raises_the_share_and_a_resume_reproduces_it(
+    tmp_path: Path, general_model: Path, trainer_factory: TrainerFactory
+) -> None:
+    reference = trainer_factory(forgetting_spec(tmp_path / "a", general_model)).fit()
     changes = read_progress(tmp_path / "a").data.mixture_changes
     assert changes, "the watch never adapted the mixture"
     assert changes[0].replay_share == pytest.approx(0.15) and changes[0].reason.startswith("forgetting: generalLoss")
@@ -149,14 +149,14 @@ def test_adaptive_replay_raises_the_share_and_a_resume_reproduces_it(tmp_path: P
     run = tmp_path / "b"
     crash = changes[0].step + 3  # after the first change, before the next checkpoint
     with pytest.raises(InjectedFault):
-        make_trainer(forgetting_spec(run, general_model), hooks=(Faults(raise_at_step=crash),)).fit()
-    outcome = make_trainer(forgetting_spec(run, general_model), attempt=2).fit()
+        trainer_factory(forgetting_spec(run, general_model), hooks=(Faults(raise_at_step=crash),)).fit()
+    outcome = trainer_factory(forgetting_spec(run, general_model), attempt=2).fit()
     assert read_progress(run).data.mixture_changes == changes
     for step in range(crash, 17):
         assert outcome.losses[step] == pytest.approx(reference.losses[step], abs=1e-6), step
 
 
-def test_probes_and_instruction_following_at_every_evaluation(tmp_path: Path) -> None:
+def test_probes_and_instruction_following_at_every_evaluation(tmp_path: Path, trainer_factory: TrainerFactory) -> None:
     probes = tmp_path / "probes.jsonl"
     probes.write_text(
         "".join(json.dumps({"question": f"What is item {i}?", "answer": f"item {i}"}) + "\n" for i in range(30))
@@ -179,7 +179,7 @@ def test_probes_and_instruction_following_at_every_evaluation(tmp_path: Path) ->
             "instructionFollowing": {"enabled": True, "prompts": str(prompts), "maxNewTokens": 6},
         },
     )
-    trainer = make_trainer(spec)
+    trainer = trainer_factory(spec)
     assert trainer.fit().state == "succeeded"
     evals = [m for m in trainer.state.metrics if m["kind"] == "eval"]
     assert [m["step"] for m in evals] == [0, 2, 4]
@@ -202,12 +202,16 @@ def distance_from_start(trainer: Any, start: list[torch.Tensor], fisher: list[to
 
 
 @pytest.mark.parametrize("kind", ["l2-init", "ewc"])
-def test_regularization_holds_weights_near_their_anchor_and_resumes_exactly(tmp_path: Path, kind: str) -> None:
+def test_regularization_holds_weights_near_their_anchor_and_resumes_exactly(
+    tmp_path: Path, kind: str, trainer_factory: TrainerFactory
+) -> None:
     def run(path: Path, strength: float | None, hooks: tuple[Any, ...] = (), attempt: int = 1) -> Any:
         training: dict[str, Any] = {"steps": 6, "learningRate": 3e-3}
         if strength is not None:
             training["regularization"] = {"type": kind, "strength": strength, "fisherBatches": 2}
-        return make_trainer(spec_for(path, training=training, model={"init": "random"}), hooks=hooks, attempt=attempt)
+        return trainer_factory(
+            spec_for(path, training=training, model={"init": "random"}), hooks=hooks, attempt=attempt
+        )
 
     free = run(tmp_path / "free", None)
     start = [p.detach().clone() for p in free.engine.module.parameters() if p.requires_grad]
@@ -230,8 +234,8 @@ def test_regularization_holds_weights_near_their_anchor_and_resumes_exactly(tmp_
         assert outcome.losses[step] == pytest.approx(reference[step], abs=1e-6), step
 
 
-def test_reset_optimizer_clears_the_moments(tmp_path: Path) -> None:
-    trainer = make_trainer(spec_for(tmp_path / "run", training={"steps": 2}))
+def test_reset_optimizer_clears_the_moments(tmp_path: Path, trainer_factory: TrainerFactory) -> None:
+    trainer = trainer_factory(spec_for(tmp_path / "run", training={"steps": 2}))
     trainer.fit()
     assert optimizer_steps(trainer) == 2
     reset_optimizer(trainer.engine)

@@ -90,6 +90,7 @@ def doc_id(row: dict[str, Any], corpus: Path) -> str:
     return text.split()[0]
 
 
+@pytest.mark.trainer  # prepare() loads the tokenizer (transformers)
 def test_cloze_synthesis_writes_chat_data_and_a_rerun_generates_nothing(tmp_path: Path) -> None:
     spec = numbered_spec(tmp_path)
     storage = Storage()
@@ -121,6 +122,7 @@ def test_cloze_synthesis_writes_chat_data_and_a_rerun_generates_nothing(tmp_path
     assert results[0].uris == result.uris
 
 
+@pytest.mark.trainer  # load_tokenizer (transformers)
 def test_synthesis_never_asks_about_holdout_documents(tmp_path: Path) -> None:
     spec = numbered_spec(tmp_path, holdout=15)
     storage = Storage()
@@ -286,6 +288,7 @@ def cpt(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.trainer  # `cpt prepare` tokenizes (transformers) in a subprocess
 def test_cpt_synthesize_then_prepare_is_a_cache_hit(tmp_path: Path) -> None:
     job = _job_file(tmp_path, {"generator": {"kind": "cloze"}, "output": str(tmp_path / "qa") + "/"})
     first = cpt("synthesize", str(job), "--no-ray")
@@ -306,6 +309,7 @@ def test_cpt_synthesize_then_prepare_is_a_cache_hit(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.trainer  # `cpt run` trains in a subprocess
 def test_cpt_run_synthesises_before_it_prepares_and_trains(tmp_path: Path) -> None:
     doc = tiny_job_doc(
         spec={

@@ -7,15 +7,9 @@ import logging
 from pathlib import Path
 
 import pytest
-from cpt_trainer.distributed import init_distributed_single_process
 
 from tests.support.faults import Faults, InjectedFault
-from tests.support.trainer_runs import make_trainer, spec_for
-
-
-@pytest.fixture(scope="module", autouse=True)
-def process_group() -> None:
-    init_distributed_single_process()
+from tests.support.trainer_runs import TrainerFactory, spec_for
 
 
 def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
@@ -27,14 +21,14 @@ def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_tensorboard_files_hold_every_step_once_also_after_a_resume(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, trainer_factory: TrainerFactory
 ) -> None:
     run = tmp_path / "run"
     spec = spec_for(run, tracking={"logEverySteps": 4})
     with pytest.raises(InjectedFault):
-        make_trainer(spec, hooks=(Faults(raise_at_step=5),)).fit()
+        trainer_factory(spec, hooks=(Faults(raise_at_step=5),)).fit()
     with caplog.at_level(logging.INFO, logger="cpt_trainer.train.trainer"):
-        outcome = make_trainer(spec, attempt=2).fit()
+        outcome = trainer_factory(spec, attempt=2).fit()
     assert outcome.state == "succeeded"
     found = scalars(run)
     loss = found["train/loss"]
@@ -47,7 +41,9 @@ def test_tensorboard_files_hold_every_step_once_also_after_a_resume(
     assert lines and lines[-1].startswith("step 8/8 (main) loss ")
 
 
-def test_mlflow_and_wandb_sinks_receive_the_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mlflow_and_wandb_sinks_receive_the_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trainer_factory: TrainerFactory
+) -> None:
     import mlflow
 
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -62,7 +58,7 @@ def test_mlflow_and_wandb_sinks_receive_the_metrics(tmp_path: Path, monkeypatch:
             "wandb": {"project": "cpt", "mode": "offline"},
         },
     )
-    assert make_trainer(spec).fit().state == "succeeded"
+    assert trainer_factory(spec).fit().state == "succeeded"
     client = mlflow.MlflowClient(tracking_uri=store)
     (found,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     history = client.get_metric_history(found.info.run_id, "train.loss")

@@ -18,33 +18,31 @@ from cpt_core.contract import layout
 from cpt_core.storage import S3Settings, Storage
 from cpt_trainer.checkpoint.store import CheckpointStore, FencedOut, IdentityMismatch
 from cpt_trainer.data import SamplerStateMismatch, prepare
-from cpt_trainer.distributed import RunContext, init_distributed_single_process
+from cpt_trainer.distributed import RunContext
 from cpt_trainer.model.source import ModelSourceError
 from cpt_trainer.train.trainer import Trainer
 
 from devkit.jobs import tiny_job
 from tests.support.faults import Faults, InjectedFault
-from tests.support.trainer_runs import AfterStep, Record, make_trainer, read_progress, spec_for
+from tests.support.trainer_runs import AfterStep, Record, TrainerFactory, read_progress, spec_for
+
+# Every test runs with the one-process group, also those that build a Trainer by hand.
+pytestmark = pytest.mark.usefixtures("process_group")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def process_group() -> None:
-    init_distributed_single_process()
-
-
-def test_interrupted_run_resumes_exactly(tmp_path: Path) -> None:
-    reference = make_trainer(spec_for(tmp_path / "a")).fit()
+def test_interrupted_run_resumes_exactly(tmp_path: Path, trainer_factory: TrainerFactory) -> None:
+    reference = trainer_factory(spec_for(tmp_path / "a")).fit()
     assert reference.state == "succeeded" and len(reference.losses) == 8
 
     run = tmp_path / "b"
-    first = make_trainer(spec_for(run), hooks=(Faults(raise_at_step=5),))
+    first = trainer_factory(spec_for(run), hooks=(Faults(raise_at_step=5),))
     with pytest.raises(InjectedFault):
         first.fit()
     first.checkpointer.finish()  # what a crash would leave is at most an uncommitted upload
     assert CheckpointStore(Storage(), str(run)).latest_committed().step == 4
 
     record = Record()
-    resumed = make_trainer(spec_for(run), attempt=2, hooks=(record,))
+    resumed = trainer_factory(spec_for(run), attempt=2, hooks=(record,))
     assert resumed.step == 4
     # The next sample is the one the uninterrupted run took at step 5.
     next_batch = resumed.data.loader.micro_batch(4, 0)
@@ -67,11 +65,13 @@ def reference_indices(spec: CPTJobSpec, step: int) -> list[int]:
 
 
 @pytest.mark.parametrize("zero_stage", [2, 3])
-def test_export_loads_with_transformers_and_has_equal_logits(tmp_path: Path, zero_stage: int) -> None:
+def test_export_loads_with_transformers_and_has_equal_logits(
+    tmp_path: Path, zero_stage: int, trainer_factory: TrainerFactory
+) -> None:
     from transformers import AutoModelForCausalLM
 
     spec = spec_for(tmp_path / "run", deepspeed={"zeroStage": zero_stage}, training={"steps": 4})
-    trainer = make_trainer(spec)
+    trainer = trainer_factory(spec)
     outcome = trainer.fit()
     assert outcome.state == "succeeded"
     final = tmp_path / "run" / "final"
@@ -90,7 +90,7 @@ def test_export_loads_with_transformers_and_has_equal_logits(tmp_path: Path, zer
     assert {m["kind"] for m in metrics} == {"train", "eval"}
 
 
-def test_forgetting_stop_checkpoints_and_ends_stopped(tmp_path: Path) -> None:
+def test_forgetting_stop_checkpoints_and_ends_stopped(tmp_path: Path, trainer_factory: TrainerFactory) -> None:
     # A small model that knows "general" text first ...
     general_only = {
         "sources": [
@@ -103,7 +103,7 @@ def test_forgetting_stop_checkpoints_and_ends_stopped(tmp_path: Path) -> None:
         training={"steps": 40, "learningRate": 3e-3},
         evaluation={"intervalSteps": 40},
     )
-    assert make_trainer(pre).fit().state == "succeeded"
+    assert trainer_factory(pre).fit().state == "succeeded"
     # ... then continued on domain data only, with replay at weight 0 (evaluated, never trained on).
     spec = spec_for(
         tmp_path / "cpt",
@@ -118,7 +118,7 @@ def test_forgetting_stop_checkpoints_and_ends_stopped(tmp_path: Path) -> None:
         evaluation={"intervalSteps": 2, "forgetting": {"maxGeneralLossIncrease": 0.02, "action": "stop"}},
         checkpoint={"intervalSteps": 100},
     )
-    trainer = make_trainer(spec)
+    trainer = trainer_factory(spec)
     outcome = trainer.fit()
     assert outcome.state == "stopped" and outcome.reason == "ForgettingDetected"
     assert outcome.step < 40
@@ -130,9 +130,9 @@ def test_forgetting_stop_checkpoints_and_ends_stopped(tmp_path: Path) -> None:
     assert not (tmp_path / "cpt" / "final").exists()
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path: Path) -> None:
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path: Path, trainer_factory: TrainerFactory) -> None:
     run = tmp_path / "run"
-    trainer = make_trainer(spec_for(run), hooks=(Faults(nan_at_step=5),))
+    trainer = trainer_factory(spec_for(run), hooks=(Faults(nan_at_step=5),))
     outcome = trainer.fit()
     assert outcome.state == "failed" and outcome.reason == "NonFiniteLoss"
     progress = read_progress(run)
@@ -144,9 +144,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path: Path) -> 
     assert all(torch.isfinite(p).all() for p in trainer.engine.module.parameters())
 
 
-def test_uncommitted_checkpoints_are_ignored_and_retention_keeps_the_newest(tmp_path: Path) -> None:
+def test_uncommitted_checkpoints_are_ignored_and_retention_keeps_the_newest(
+    tmp_path: Path, trainer_factory: TrainerFactory
+) -> None:
     run = tmp_path / "run"
-    make_trainer(spec_for(run, checkpoint={"keepLast": 1})).fit()
+    trainer_factory(spec_for(run, checkpoint={"keepLast": 1})).fit()
     steps = sorted(p.name for p in run.glob("step-*"))
     assert steps == ["step-00000008"]
     fake = run / "step-00000099"
@@ -157,11 +159,11 @@ def test_uncommitted_checkpoints_are_ignored_and_retention_keeps_the_newest(tmp_
     assert store.retain(1, newest=8) == []  # never deletes the newest committed one
 
 
-def test_another_jobs_run_directory_is_never_resumed(tmp_path: Path) -> None:
+def test_another_jobs_run_directory_is_never_resumed(tmp_path: Path, trainer_factory: TrainerFactory) -> None:
     run = tmp_path / "run"
-    make_trainer(spec_for(run, training={"steps": 2})).fit()
+    trainer_factory(spec_for(run, training={"steps": 2})).fit()
     with pytest.raises(IdentityMismatch, match="already holds the run of job 't'"):
-        make_trainer(spec_for(run, training={"steps": 2}), job="other")
+        trainer_factory(spec_for(run, training={"steps": 2}), job="other")
 
 
 def test_a_recreated_job_adopts_its_predecessors_run(tmp_path: Path) -> None:
@@ -192,38 +194,38 @@ def test_a_recreated_job_adopts_its_predecessors_run(tmp_path: Path) -> None:
         zombie.check_fence(99)
 
 
-def test_an_older_attempt_is_fenced_out(tmp_path: Path) -> None:
+def test_an_older_attempt_is_fenced_out(tmp_path: Path, trainer_factory: TrainerFactory) -> None:
     run = tmp_path / "run"
 
     def takeover(trainer: Trainer) -> None:
         if trainer.step == 3:
             CheckpointStore(Storage(), str(run)).claim("t", None, attempt=7)
 
-    trainer = make_trainer(spec_for(run), hooks=(AfterStep(takeover),))
+    trainer = trainer_factory(spec_for(run), hooks=(AfterStep(takeover),))
     outcome = trainer.fit()
     assert outcome.state == "failed" and outcome.reason == "FencedOut"
     committed = CheckpointStore(Storage(), str(run)).committed_steps()
     assert max(committed) <= 4 and not (run / "step-00000006" / layout.COMMITTED).exists()
     with pytest.raises(FencedOut):
-        make_trainer(spec_for(run), attempt=6)
+        trainer_factory(spec_for(run), attempt=6)
 
 
-def test_resume_with_changed_mixture_is_refused_unless_allowed(tmp_path: Path) -> None:
+def test_resume_with_changed_mixture_is_refused_unless_allowed(tmp_path: Path, trainer_factory: TrainerFactory) -> None:
     run = tmp_path / "run"
     with pytest.raises(InjectedFault):
-        make_trainer(spec_for(run), hooks=(Faults(raise_at_step=3),)).fit()
+        trainer_factory(spec_for(run), hooks=(Faults(raise_at_step=3),)).fit()
     changed = {
         "sources": [{**s.wire(), "weight": w} for s, w in zip(tiny_job().spec.data.sources, (80, 20), strict=True)]
     }
     with pytest.raises(SamplerStateMismatch, match="allowChangesOnResume"):
-        make_trainer(spec_for(run, data=changed), attempt=2)
-    allowed = make_trainer(spec_for(run, data={**changed, "allowChangesOnResume": True}), attempt=3)
+        trainer_factory(spec_for(run, data=changed), attempt=2)
+    allowed = trainer_factory(spec_for(run, data={**changed, "allowChangesOnResume": True}), attempt=3)
     assert allowed.step == 2
     assert allowed.fit().state == "succeeded"
     assert read_progress(run).data.resumed_with_changes
 
 
-def test_tokenizer_model_mismatch_is_a_clear_error(tmp_path: Path) -> None:
+def test_tokenizer_model_mismatch_is_a_clear_error(tmp_path: Path, trainer_factory: TrainerFactory) -> None:
     model_dir = tmp_path / "small-vocab"
     model_dir.mkdir()
     config = json.loads((Path(tiny_job().spec.model.source) / "config.json").read_text())
@@ -231,12 +233,12 @@ def test_tokenizer_model_mismatch_is_a_clear_error(tmp_path: Path) -> None:
     (model_dir / "config.json").write_text(json.dumps(config))
     spec = spec_for(tmp_path / "run", model={"source": str(model_dir), "tokenizer": tiny_job().spec.model.source})
     with pytest.raises(ModelSourceError, match="tokenizer/model mismatch: the tokenizer has 2048 tokens"):
-        make_trainer(spec)
+        trainer_factory(spec)
 
 
-def test_progress_accounting(tmp_path: Path) -> None:
+def test_progress_accounting(tmp_path: Path, trainer_factory: TrainerFactory) -> None:
     run = tmp_path / "run"
-    make_trainer(spec_for(run, training={"steps": 4})).fit()
+    trainer_factory(spec_for(run, training={"steps": 4})).fit()
     progress = read_progress(run)
     consumed = {s.name: s.tokens_consumed for s in progress.data.sources}
     assert sum(consumed.values()) == progress.progress.tokens == 4 * 512
@@ -244,13 +246,13 @@ def test_progress_accounting(tmp_path: Path) -> None:
     assert np.isfinite(progress.evaluation.baseline.domain_loss) and progress.evaluation.latest.step == 4
 
 
-def test_lora_run_exports_merged_weights(tmp_path: Path) -> None:
+def test_lora_run_exports_merged_weights(tmp_path: Path, trainer_factory: TrainerFactory) -> None:
     from transformers import AutoModelForCausalLM
 
     spec = spec_for(
         tmp_path / "run", training={"steps": 3, "lora": {"r": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"]}}
     )
-    trainer = make_trainer(spec)
+    trainer = trainer_factory(spec)
     trainable = sum(p.numel() for p in trainer.engine.module.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.engine.module.parameters())
     assert 0 < trainable < total / 10  # only the adapters train
@@ -282,10 +284,10 @@ def test_model_from_s3_is_downloaded_once_and_trains(
     )
 
 
-def test_missing_model_source_is_a_clear_error(tmp_path: Path) -> None:
+def test_missing_model_source_is_a_clear_error(tmp_path: Path, trainer_factory: TrainerFactory) -> None:
     spec = spec_for(tmp_path / "run", model={"source": str(tmp_path / "nowhere")})
     with pytest.raises(ModelSourceError, match=r"spec\.model\.source: .*nowhere does not exist"):
-        make_trainer(spec)
+        trainer_factory(spec)
 
 
 def test_rope_scaling_is_applied_before_weights_load(tmp_path: Path) -> None:

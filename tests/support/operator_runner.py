@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 from cpt_operator.controller.app import run_operator
 from cpt_operator.controller.metrics import Metrics
@@ -41,3 +41,9 @@ class OperatorThread:
     def stop(self) -> None:
         self.stop_flag.set()
         self.thread.join(timeout=30)
+
+
+class OperatorFactory(Protocol):
+    """Starts an OperatorThread (the `operator_factory` fixture of tests/integration/conftest.py)."""
+
+    def __call__(self, metrics: Metrics | None = None, **settings: Any) -> OperatorThread: ...

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cpt_core.api.progress import Progress
 from cpt_core.api.v1alpha1 import CPTJobSpec
@@ -58,3 +58,11 @@ def make_trainer(spec: CPTJobSpec, attempt: int = 1, job: str = "t", hooks: tupl
 
 def read_progress(run: Path) -> Progress:
     return Progress.model_validate_json((run / "_status" / "progress.json").read_text())
+
+
+class TrainerFactory(Protocol):
+    """`make_trainer` (the `trainer_factory` fixture of tests/integration/conftest.py)."""
+
+    def __call__(
+        self, spec: CPTJobSpec, attempt: int = 1, job: str = "t", hooks: tuple[TrainerHooks, ...] = ()
+    ) -> Trainer: ...

@@ -225,8 +225,8 @@ def _set(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     return doc
 
 
-# What the models reject, the CRD rejects too (issue 10, finding 1): `kubectl apply` says it instead
-# of the operator stopping a running job. Each row: both layers must refuse the value, with the field.
+# What the models reject, the CRD rejects too: `kubectl apply` says it instead of the operator stopping
+# a running job. Each row: both layers must refuse the value, with the field.
 PYDANTIC_CHECKS_IN_CEL = [
     ("spec.storage.endpoint", "minio:9000", "must be an http:// or https:// URL"),
     ("spec.storage.endpoint", "ftp://minio:9000", "must be an http:// or https:// URL"),

@@ -97,7 +97,7 @@ def test_a_bad_prompt_file_names_the_line_and_the_fix() -> None:
 
 def test_exact_match_is_normalised_equality_not_a_prefix() -> None:
     assert exact_match("The 8 knots.", "8 knots")
-    assert not exact_match("8 knots and a fee of 5 crowns", "8 knots")  # a prefix used to count
+    assert not exact_match("8 knots and a fee of 5 crowns", "8 knots")  # a prefix is not a match
     assert f1_score("8 knots and more", "8 knots") == pytest.approx(2 * (2 / 4) * 1 / (2 / 4 + 1))
     scores = score_answers([Probe("q", "8 knots"), Probe("q", "Elsk")], ["8 knots\nextra line", "Casmere"], 40)
     assert scores == ProbeScores(exact_match=0.5, f1=0.5, count=2, available=40)

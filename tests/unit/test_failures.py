@@ -1,4 +1,4 @@
-"""Failure classes (issue 11): what the training processes raised, classified on the driver.
+"""Failure classes: what the training processes raised, classified on the driver.
 
 Permanent errors are reported once with their reason and never retried; everything else is
 transient and retried from the last committed checkpoint. Users read one line, never a traceback.

@@ -312,6 +312,7 @@ def test_the_operator_loads_without_the_trainer() -> None:
     assert loaded & {"cpt_trainer", "torch", "ray", "deepspeed"} == set()
 
 
+@pytest.mark.trainer  # imports the trainer in a subprocess
 def test_the_trainer_loads_without_the_operator() -> None:
     loaded = _loaded_after("import cpt_trainer.train.trainer, cpt_trainer.launch.driver, cpt_trainer.cli.commands")
     assert "torch" in loaded

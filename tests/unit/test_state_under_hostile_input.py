@@ -1,5 +1,6 @@
-"""Issue 10 in the pure parts: invalid specs and their correction, blocked launches, ignored progress
-files, damaged status fields, and the status merge patch."""
+"""The state machine's part of the operator under hostile input (no servers; the operator itself is in
+tests/integration/test_operator_under_hostile_input.py): invalid specs and their correction, launches
+blocked by foreign objects, ignored progress files, damaged status fields, and the status merge patch."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def with_status(status: CPTJobStatus, **spec: Any) -> CPTJob:
     return j
 
 
-# -- finding 1 / 11b: InvalidSpec ----------------------------------------------------------------
+# -- an invalid spec stops the attempt; a corrected one resumes the job ----------------------------
 
 
 def test_an_invalid_spec_stops_the_attempt_with_a_failed_condition() -> None:
@@ -72,7 +73,7 @@ def test_other_failures_stay_final() -> None:
     assert decision.status.phase == Phase.Succeeded and decision.events == []
 
 
-# -- finding 4: a launch blocked by a foreign object or rejected --------------------------------
+# -- a launch blocked by a foreign object or rejected by the API server ----------------------------
 
 
 def test_a_foreign_child_blocks_the_launch_with_a_condition_and_backoff() -> None:
@@ -101,7 +102,7 @@ def test_a_foreign_rayjob_under_the_current_name_is_left_alone() -> None:
     assert "owned by another" in decision.status.message or "owned by another" in decision.events[0].message
 
 
-# -- findings 6, 7, 9: ignored progress files ----------------------------------------------------
+# -- an ignored progress file is a condition, not a phase change -----------------------------------
 
 
 def test_an_ignored_progress_file_is_a_condition_not_a_phase_change() -> None:
@@ -123,7 +124,7 @@ def test_preparing_stays_preparing_on_an_ignored_file() -> None:
     assert decision.status.phase == Phase.Preparing
 
 
-# -- finding 11a: damaged status fields ----------------------------------------------------------
+# -- damaged status fields are reset, not fatal ----------------------------------------------------
 
 
 def test_a_damaged_next_preflight_time_means_due_now() -> None:
@@ -146,7 +147,7 @@ def test_unparsable_status_fields_are_reset_not_fatal() -> None:
     assert parse_status("garbage")[0] == CPTJobStatus()
 
 
-# -- finding 8: the status patch ----------------------------------------------------------------
+# -- the status patch removes what disappeared, never writes NaN -----------------------------------
 
 
 def test_the_status_patch_removes_nested_keys_that_disappeared() -> None:

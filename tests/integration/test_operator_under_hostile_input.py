@@ -1,7 +1,12 @@
-"""Issue 10: the operator against an adversarial user, with real components only.
+"""The operator against an adversarial user and hanging storage, with real components only.
+
+Invalid updates, S3 endpoints that never answer, a job re-applied over its predecessor's run, leftover
+objects of another incarnation, a Secret with a binary value, progress files that lie or are damaged,
+and a damaged status field: each is refused by the API server or reported on the job it concerns (a
+condition, one event), costs only that job, and never stops the operator.
 
 The real operator (kopf, in a thread) against the faithful Kubernetes API emulator, SeaweedFS, and
-real TCP endpoints that hang (`devkit.faulty_endpoint`). Each test names the finding it covers.
+real TCP endpoints that hang (`devkit.faulty_endpoint`), with short S3 timeouts (1 s).
 """
 
 from __future__ import annotations
@@ -13,15 +18,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import kmock
-import kopf
 import pytest
 from cpt_core.api.progress import Progress, TrainingProgress
 from cpt_core.api.v1alpha1.status import CheckpointRef
 from cpt_core.validation.validate import parse_job
 from cpt_operator.controller.build.manifests import build_rayjob
-from cpt_operator.controller.settings import OperatorSettings
 
-from devkit.cluster import cluster_job, create_secret, start_cluster, upload_example_data, wait_for
+from devkit.cluster import cluster_job, create_secret, wait_for
 from devkit.faulty_endpoint import FaultyEndpoint
 from devkit.k8s_emulator import CONFIGMAPS, CPTJOBS, RAYJOBS, SECRETS, EmulatorThread
 from devkit.seaweed import SeaweedS3
@@ -36,39 +39,23 @@ from tests.support.operator_checks import (
     write_progress,
     write_raw_progress,
 )
-from tests.support.operator_runner import OperatorThread
+from tests.support.operator_runner import OperatorFactory, OperatorThread
 
-SETTINGS = OperatorSettings(
-    poll_seconds=0.5,
-    metrics_port=0,
-    health_port=0,
-    preflight_backoff_seconds=0.5,
-    preflight_backoff_max_seconds=2,
-    trainer_image="cpt-trainer:test",
-    s3_connect_timeout_seconds=1,
-    s3_read_timeout_seconds=1,
-    s3_max_attempts=2,
-    storage_calls_per_endpoint=2,
-    storage_breaker_seconds=3,
-    storage_deadline_seconds=10,
-)
+# Short S3 timeouts, few attempts and a small bulkhead per endpoint: a hanging endpoint shows within seconds.
+STORAGE_LIMITS = {
+    "s3_connect_timeout_seconds": 1,
+    "s3_read_timeout_seconds": 1,
+    "s3_max_attempts": 2,
+    "storage_calls_per_endpoint": 2,
+    "storage_breaker_seconds": 3,
+    "storage_deadline_seconds": 10,
+}
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[EmulatorThread]:
-    emulator = start_cluster()
-    yield emulator
-    emulator.stop()
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: EmulatorThread, s3: SeaweedS3) -> Iterator[OperatorThread]:
-    upload_example_data(s3)
+def operator(cluster: EmulatorThread, s3: SeaweedS3, operator_factory: OperatorFactory) -> OperatorThread:
     create_secret(cluster, s3)
-    thread = OperatorThread(SETTINGS, login=kopf.ConnectionInfo(server=cluster.url)).start()
-    yield thread
-    thread.stop()
-    assert thread.error is None, thread.error
+    return operator_factory(**STORAGE_LIMITS)
 
 
 @pytest.fixture
@@ -98,7 +85,7 @@ def stays(check: Any, seconds: float) -> None:
         time.sleep(0.1)
 
 
-# -- finding 1 + 11b: an invalid update --------------------------------------------------------
+# -- an invalid update: refused by the API server, or it stops the attempt until it is fixed -------
 
 
 def test_an_endpoint_without_scheme_is_rejected_by_the_api_server(
@@ -140,7 +127,7 @@ def test_an_invalid_update_stops_the_attempt_and_a_fix_resumes_the_job(
     assert reasons(cluster, "midway").count("SpecCorrected") == 1
 
 
-# -- finding 2 (and 10: a hanging job holds one connection) ------------------------------------
+# -- hanging S3 endpoints: they cost only their own jobs, one connection each ----------------------
 
 
 def test_hanging_endpoints_cost_only_their_own_jobs(
@@ -161,7 +148,7 @@ def test_hanging_endpoints_cost_only_their_own_jobs(
     assert "did not answer within 1 s (connect) / 1 s (read), 2 attempt(s)" in " ".join(
         conditions(cluster, n)["StorageReady"]["message"] for n in hanging
     )
-    assert black_hole.peak <= SETTINGS.storage_calls_per_endpoint, black_hole.peak  # a bulkhead, not 8 threads
+    assert black_hole.peak <= operator.settings.storage_calls_per_endpoint, black_hole.peak  # a bulkhead, not 8 threads
     for name in hanging:  # one warning each, not one per retry (events are posted asynchronously)
         wait_for(lambda n=name: "StorageUnreachable" in reasons(cluster, n), what=f"{name}'s warning event")
     time.sleep(1)
@@ -180,7 +167,7 @@ def test_one_hanging_job_holds_one_connection(
     cluster.delete(CPTJOBS, "ml", "lonely")
 
 
-# -- finding 3: a re-applied job and its predecessor's progress --------------------------------
+# -- a re-applied job and its predecessor's progress -----------------------------------------------
 
 
 def test_a_reapplied_job_ignores_its_predecessors_progress(
@@ -207,7 +194,7 @@ def test_a_reapplied_job_ignores_its_predecessors_progress(
     assert "NonFiniteLoss" not in json.dumps(st)
 
 
-# -- finding 4: a leftover RayJob of another incarnation ---------------------------------------
+# -- leftover children of another incarnation: neither adopted, nor deleted, nor overwritten -------
 
 
 def test_a_foreign_rayjob_is_neither_adopted_nor_deleted(
@@ -215,7 +202,7 @@ def test_a_foreign_rayjob_is_neither_adopted_nor_deleted(
 ) -> None:
     doc = cluster_job(s3, "leftover", runPolicy={"maxRestarts": 0})
     old = parse_job({**doc, "metadata": {**doc["metadata"], "uid": "0b501e7e-dead-4bad-8bad-000000000002"}})
-    cluster.create(RAYJOBS, build_rayjob(old, 1, SETTINGS))
+    cluster.create(RAYJOBS, build_rayjob(old, 1, operator.settings))
     set_rayjob_status(cluster, "leftover-a1", "Failed", "FAILED", reason="AppFailed", message="old failure")
     cluster.create(CPTJOBS, doc)
     c = wait_for(condition_is(cluster, "leftover", "ClusterReady", "False", "ForeignObject"), what="ForeignObject")
@@ -258,7 +245,7 @@ def test_a_foreign_configmap_is_not_overwritten(
     assert cluster.get(RAYJOBS, "ml", "squat-a1") is None
 
 
-# -- finding 5: a Secret with a binary value ---------------------------------------------------
+# -- a Secret with a binary value ------------------------------------------------------------------
 
 
 def test_a_secret_with_a_binary_value_works(cluster: EmulatorThread, s3: SeaweedS3, operator: OperatorThread) -> None:
@@ -282,7 +269,7 @@ def test_a_secret_with_a_binary_value_works(cluster: EmulatorThread, s3: Seaweed
     assert "AWS_SECRET_ACCESS_KEY is not UTF-8 text" in c["message"]
 
 
-# -- findings 6, 7, 8, 9: what the progress file says -------------------------------------------
+# -- what the progress file says: another job's, absurd, shrinking, unreadable ---------------------
 
 
 def test_progress_of_another_job_is_not_mirrored(
@@ -352,7 +339,7 @@ def test_unreadable_progress_never_flips_running_to_preparing(
     assert seen.count("Running") == 1, seen
 
 
-# -- finding 10: one reconcile per job ----------------------------------------------------------
+# -- one reconcile per job: one event per transition -----------------------------------------------
 
 
 def test_each_transition_yields_exactly_one_event(
@@ -377,7 +364,7 @@ def test_each_transition_yields_exactly_one_event(
     ]
 
 
-# -- finding 11: smaller ones --------------------------------------------------------------------
+# -- a damaged status field, a missing bucket ------------------------------------------------------
 
 
 def test_a_damaged_status_field_is_reset_not_fatal(
