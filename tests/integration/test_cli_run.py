@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from devkit.jobs import TINY_MODEL, tiny_job_doc
+from tests.support.faults import fault_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.trainer]  # `cpt run` trains (torch, Ray) in a subprocess
@@ -23,7 +25,7 @@ def write_job(path: Path, **spec: object) -> Path:
     return path
 
 
-def cpt_run(job: Path, *options: str) -> subprocess.CompletedProcess[str]:
+def cpt_run(job: Path, *options: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     # capture_output: stdout and stderr are pipes, not a terminal (as in CI, `nohup`, `| tee`).
     return subprocess.run(
         [sys.executable, "-m", "cpt_core.cli", "run", *options, str(job)],
@@ -31,13 +33,15 @@ def cpt_run(job: Path, *options: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=600,
         cwd="/",
+        env={**os.environ, **(env or {})},
     )
 
 
 def test_cpt_run_trains_reports_and_resumes(tmp_path: Path) -> None:
     # A relative checkpoint.uri is resolved against the file's directory.
     job = write_job(tmp_path / "job.yaml", checkpoint={"uri": "run/"})
-    first = cpt_run(job, "--progress-seconds", "0")
+    # 0.2 s per step: the 30 steps take longer than the trainer's 2 s between progress writes, on any machine.
+    first = cpt_run(job, "--progress-seconds", "0", env=fault_env("pause_per_step=0.2"))
     output = first.stdout + first.stderr
     assert first.returncode == 0, output[-3000:]
     # The final report is the result (stdout); progress is a diagnostic (stderr).

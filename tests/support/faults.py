@@ -9,13 +9,16 @@ comma-separated list of `key=value`:
   checkpoint of step >= S is committed, once (PATH records that it happened) -- a worker lost
   mid-run, which Ray Train must recover from the last committed checkpoint;
 - `raise_at_step=S`: every rank raises after finishing step S -- an interrupted run;
-- `nan_at_step=S`: the loss of step S becomes NaN.
+- `nan_at_step=S`: the loss of step S becomes NaN;
+- `pause_per_step=SECONDS`: every rank sleeps after each step -- a run long enough to watch (a tiny job on an
+  idle machine is over before a progress line could show it).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,11 +37,14 @@ class Faults(TrainerHooks):
     kill_rank: int | None = None
     after_commit: int = 0
     marker: Path = Path("/tmp/cpt-fault-marker")
+    pause_per_step: float = 0.0
 
     def on_loss(self, trainer: Any, step: int, loss: Any) -> Any:
         return loss * float("nan") if step == self.nan_at_step else loss
 
     def after_step(self, trainer: Any) -> None:
+        if self.pause_per_step:
+            time.sleep(self.pause_per_step)
         step = trainer.state.step
         if step == self.raise_at_step:
             raise InjectedFault(f"injected fault after step {step}")
@@ -55,7 +61,8 @@ def from_env() -> Faults:
         k: int(v) for k, v in config.items() if k in ("raise_at_step", "nan_at_step", "kill_rank", "after_commit")
     }
     marker = Path(config["marker"]) if "marker" in config else Faults.marker
-    return Faults(**number, marker=marker)  # type: ignore[arg-type]
+    pause = float(config.get("pause_per_step", 0.0))
+    return Faults(**number, marker=marker, pause_per_step=pause)  # type: ignore[arg-type]
 
 
 def fault_env(spec: str) -> dict[str, str]:
