@@ -177,6 +177,15 @@ class Reason(str, Enum):
         "(`cpt validate` says the same). A running attempt's RayJob is deleted, checkpoints are kept; correct the "
         "spec and the job resumes (event SpecCorrected).",
     )
+    RefusedByPolicy = (
+        "RefusedByPolicy",
+        True,
+        FAILED,
+        "the job asks for what the cluster's admin policy does not allow: the operator's own identity for storage "
+        "(no `spec.storage.credentialsSecret`), a storage endpoint, or a Ray pod setting (image, ServiceAccount, "
+        "Secret, volume, securityContext). The message names the field and the rule (docs/security.md); fix the "
+        "spec and apply it again: the job resumes (event SpecCorrected).",
+    )
     ForgettingDetected = (
         "ForgettingDetected",
         True,
@@ -331,8 +340,8 @@ class Reason(str, Enum):
         "SpecCorrected",
         False,
         EVENT,
-        "a job that failed with InvalidSpec has a valid spec again; a new attempt resumes from the last committed "
-        "checkpoint.",
+        "a job that failed with InvalidSpec or RefusedByPolicy has a valid spec again; a new attempt resumes from "
+        "the last committed checkpoint.",
     )
     RecommendedPractice = (
         "RecommendedPractice",

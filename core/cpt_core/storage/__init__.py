@@ -18,6 +18,7 @@ from cpt_core.storage.locations import (
     ObjectInfo,
     S3Settings,
     StorageError,
+    TooLarge,
     Unreachable,
     parse_uri,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "S3Settings",
     "Storage",
     "StorageError",
+    "TooLarge",
     "Unreachable",
     "parse_uri",
 ]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Literal
 
 from cpt_core import __version__
 from pydantic import BaseModel, Field
+
+from cpt_operator.controller.policy.admin import AdminPolicy
 
 ENV_PREFIX = "CPT_OPERATOR_"
 
@@ -74,6 +77,13 @@ class OperatorSettings(BaseModel):
     s3_endpoint: str | None = None
     """S3 endpoint the operator itself uses instead of spec.storage.endpoint (an operator outside the
     cluster network, e.g. a port-forward); the pods always use spec.storage.endpoint."""
+    storage_calls_per_namespace: int = 4
+    """S3 calls in flight per namespace at most: one tenant's slow endpoints hold no more threads than this."""
+    progress_max_bytes: int = 1024 * 1024
+    """The largest progress file the operator reads; a larger one is ignored (ProgressUnreadable) unread."""
+    policy: AdminPolicy = Field(default_factory=AdminPolicy)
+    """What a tenant's CPTJob may make the operator do: storage endpoints and credentials, the Ray pods
+    (Helm values `policy`, JSON in the environment). See docs/security.md."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> OperatorSettings:
@@ -85,6 +95,8 @@ class OperatorSettings(BaseModel):
                 continue
             if field.annotation == list[str]:
                 values[name] = [v.strip() for v in raw.split(",") if v.strip()]
+            elif field.annotation == AdminPolicy or field.annotation == "AdminPolicy":
+                values[name] = json.loads(raw or "{}")
             else:
                 values[name] = raw
         values.update({k: v for k, v in overrides.items() if v is not None and v != []})

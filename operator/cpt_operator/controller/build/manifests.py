@@ -7,6 +7,7 @@ and validated against KubeRay's v1.7.0 CRD schema in the tests). Credentials app
 
 from __future__ import annotations
 
+import copy
 import shlex
 from typing import Any
 
@@ -16,6 +17,7 @@ from cpt_core.contract import names
 
 from cpt_operator.controller.build.names import configmap_name, rayjob_name
 from cpt_operator.controller.build.overrides import apply_overrides
+from cpt_operator.controller.policy.pods import RESTRICTED_CONTAINER_CONTEXT, RESTRICTED_POD_CONTEXT
 from cpt_operator.controller.settings import OperatorSettings
 
 __all__ = ["build_configmap", "build_rayjob", "dump_yaml", "labels", "owner_reference"]
@@ -154,19 +156,18 @@ def _pod_template(
     if head:
         mounts.append({"name": names.SPEC_VOLUME, "mountPath": names.SPEC_MOUNT, "readOnly": True})
         volumes.append({"name": names.SPEC_VOLUME, "configMap": {"name": configmap_name(job.metadata.name)}})
-    spec: dict[str, Any] = {
-        "containers": [
-            {
-                "name": container,
-                "image": cluster.image or settings.trainer_image,
-                "imagePullPolicy": settings.image_pull_policy,
-                "env": _env(job),
-                "resources": resources,
-                "volumeMounts": mounts,
-            }
-        ],
-        "volumes": volumes,
+    ray_container: dict[str, Any] = {
+        "name": container,
+        "image": cluster.image or settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "env": _env(job),
+        "resources": resources,
+        "volumeMounts": mounts,
     }
+    spec: dict[str, Any] = {"containers": [ray_container], "volumes": volumes}
+    if settings.policy.pods.profile == "restricted":  # the pods meet the Pod Security profile they are held to
+        spec["securityContext"] = copy.deepcopy(RESTRICTED_POD_CONTEXT)
+        ray_container["securityContext"] = copy.deepcopy(RESTRICTED_CONTAINER_CONTEXT)
     if not head:
         if cluster.node_selector:
             spec["nodeSelector"] = dict(cluster.node_selector)
