@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from tests.support.trainer_runs import TrainerFactory
 
 # What the operator tests run with unless a module says otherwise: fast polls and preflight retries,
-# no metrics or health server (port 0), a trainer image that is never pulled.
+# no metrics or health server (port 0), a trainer image that is never pulled, and the admin policy's
+# defaults except that endpoints on 127.0.0.1 are allowed by name -- SeaweedFS and the tests' misbehaving
+# endpoints listen there, as an admin allows an in-cluster MinIO.
 OPERATOR_DEFAULTS: dict[str, Any] = {
     "poll_seconds": 0.5,
     "metrics_port": 0,
@@ -36,6 +38,7 @@ OPERATOR_DEFAULTS: dict[str, Any] = {
     "preflight_backoff_seconds": 0.5,
     "preflight_backoff_max_seconds": 2,
     "trainer_image": "cpt-trainer:test",
+    "policy": {"storage": {"privateEndpoints": ["127.0.0.1:*"]}},
 }
 
 

@@ -61,6 +61,17 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
             "and services",
             "_path": ".metadata.name",
         },
+        {
+            # While an attempt runs, the operator and the Ray pods must use one storage: the run directory, its
+            # credentials and the endpoint the admin policy checked. Changing it takes a suspend (or its end).
+            "rule": "!has(oldSelf.status) || !has(oldSelf.status.phase) || "
+            "!(oldSelf.status.phase in ['Preparing', 'Running']) || "
+            "(has(self.spec.storage) ? (has(oldSelf.spec.storage) && self.spec.storage == oldSelf.spec.storage) "
+            ": !has(oldSelf.spec.storage))",
+            "message": "spec.storage: cannot change while an attempt runs (phase Preparing or Running); suspend the "
+            "job (spec.runPolicy.suspend: true), change it, then resume",
+            "fieldPath": ".spec.storage",
+        },
     ],
     "spec": [
         {

@@ -48,8 +48,11 @@ class StoragePolicy(_Policy):
     the operator (and the Ray pods) use the ambient identity (an IAM role of the ServiceAccount, an instance
     role). Elsewhere a job must name a Secret: the operator never lends its own identity."""
     allowed_endpoints: list[str] = Field(default_factory=list)
-    """`host` or `host:port` patterns a job's spec.storage.endpoint may name. Empty: any endpoint whose
-    addresses are public. A listed endpoint is allowed whatever it resolves to (an in-cluster MinIO)."""
+    """`host` or `host:port` patterns: when set, the only endpoints a job's spec.storage.endpoint may name (each
+    allowed whatever it resolves to). Empty: any endpoint whose addresses are public, and privateEndpoints."""
+    private_endpoints: list[str] = Field(default_factory=list)
+    """`host` or `host:port` patterns that may resolve to private or cluster addresses (an in-cluster MinIO,
+    `minio.minio.svc:9000`) without restricting the other endpoints."""
     forced_endpoint: str | None = None
     """Every job's storage is this endpoint: spec.storage.endpoint must be unset or equal to it."""
     allow_private_endpoints: bool = False

@@ -35,9 +35,14 @@ def host_port(endpoint: str) -> tuple[str, int]:
     return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
 
-def allowed_by_name(endpoint: str, policy: StoragePolicy) -> bool:
+def _listed(endpoint: str, patterns: list[str]) -> bool:
     host, port = host_port(endpoint)
-    return matches(host, policy.allowed_endpoints) or matches(f"{host}:{port}", policy.allowed_endpoints)
+    return matches(host, patterns) or matches(f"{host}:{port}", patterns)
+
+
+def allowed_by_name(endpoint: str, policy: StoragePolicy) -> bool:
+    """Named by the admin: allowed whatever it resolves to."""
+    return _listed(endpoint, policy.allowed_endpoints) or _listed(endpoint, policy.private_endpoints)
 
 
 def name_problem(endpoint: str | None, policy: StoragePolicy) -> str | None:
@@ -49,7 +54,7 @@ def name_problem(endpoint: str | None, policy: StoragePolicy) -> str | None:
                 f"{field}: this cluster's storage is {policy.forced_endpoint}; leave the field unset (got {endpoint})"
             )
         return None
-    if endpoint is None or not policy.allowed_endpoints or allowed_by_name(endpoint, policy):
+    if endpoint is None or not policy.allowed_endpoints or _listed(endpoint, policy.allowed_endpoints):
         return None
     return (
         f"{field}: {endpoint} is not one of the endpoints this cluster allows ({', '.join(policy.allowed_endpoints)})"
@@ -73,7 +78,7 @@ def address_problem(endpoint: str, policy: StoragePolicy, resolve: Resolver = so
             return (
                 f"spec.storage.endpoint: {host} resolves to {ip}, inside {inside} (loopback, link-local, private or "
                 "the cluster's own addresses); the operator does not call such endpoints for a job unless the "
-                "admin allows it (policy.storage.allowedEndpoints)"
+                "admin allows it (policy.storage.privateEndpoints)"
             )
     return None
 

@@ -199,20 +199,26 @@ class _Checker:
             self.refuse(f"{where}.allowPrivilegeEscalation", "must be false")
 
     def final(self, role: str, spec: dict[str, Any]) -> None:
-        """What the merged pod ends up with, where the profile needs a value (not just the absence of one)."""
+        """What the merged pod ends up with, where the profile needs a value (not just the absence of one);
+        a rule an override was already refused for is not repeated."""
         if self.policy.profile != "restricted":
             return
         where = f"the {role} pod (spec.cluster.podOverrides merged)"
         pod, container = spec.get("securityContext") or {}, spec["containers"][0].get("securityContext") or {}
-        if not (container.get("runAsNonRoot") or pod.get("runAsNonRoot")):
-            self.refuse(where, "securityContext.runAsNonRoot must be true")
         seccomp = (container.get("seccompProfile") or pod.get("seccompProfile") or {}).get("type")
-        if seccomp not in ("RuntimeDefault", "Localhost"):
-            self.refuse(where, "securityContext.seccompProfile.type must be RuntimeDefault or Localhost")
-        if container.get("allowPrivilegeEscalation") is not False:
-            self.refuse(where, "the container's securityContext.allowPrivilegeEscalation must be false")
-        if "ALL" not in ((container.get("capabilities") or {}).get("drop") or []):
-            self.refuse(where, "the container's securityContext.capabilities.drop must include ALL")
+        needed = [
+            ("runAsNonRoot", bool(container.get("runAsNonRoot") or pod.get("runAsNonRoot")), "must be true"),
+            ("seccompProfile", seccomp in ("RuntimeDefault", "Localhost"), "must be RuntimeDefault or Localhost"),
+            ("allowPrivilegeEscalation", container.get("allowPrivilegeEscalation") is False, "must be false"),
+            (
+                "capabilities",
+                "ALL" in ((container.get("capabilities") or {}).get("drop") or []),
+                "drop must include ALL",
+            ),
+        ]
+        for key, ok, rule in needed:
+            if not ok and not any(key in problem for problem in self.problems):
+                self.refuse(where, f"securityContext.{key} {rule}")
 
 
 def pod_problems(job: CPTJob, rayjob: dict[str, Any], policy: PodPolicy, trainer_image: str) -> list[str]:
