@@ -308,3 +308,14 @@ def test_storage_cannot_change_while_an_attempt_runs(phase: str | None, refused:
     unchanged = copy.deepcopy(old)
     unchanged["spec"]["runPolicy"] = {"suspend": True}  # what `cpt suspend` patches
     assert cel_violations(unchanged, old) == []
+
+
+def test_the_charts_policy_values_are_the_policys_defaults() -> None:
+    """values.yaml documents the policy the operator runs with by default, and its schema knows every key."""
+    values = yaml.safe_load((ROOT / "charts" / "cpt-operator" / "values.yaml").read_text())["policy"]
+    assert AdminPolicy.model_validate(values) == AdminPolicy()
+    schema = __import__("json").loads((ROOT / "charts" / "cpt-operator" / "values.schema.json").read_text())
+    sections = schema["properties"]["policy"]["properties"]
+    for name, model in (("storage", StoragePolicy), ("pods", PodPolicy)):
+        assert set(sections[name]["properties"]) == {f.alias for f in model.model_fields.values()}, name
+        assert set(values[name]) == set(sections[name]["properties"]), name

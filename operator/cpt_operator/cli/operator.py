@@ -81,11 +81,15 @@ def render(file: Path, namespace: str | None, trainer_image: str | None, output:
 
     FILE is a manifest holding one CPTJob (other objects in it are skipped) or - for stdin.
     Review them, or `kubectl apply` them without the operator. As with kubectl, -n must agree
-    with a namespace the manifest sets.
+    with a namespace the manifest sets. What the operator's admin policy (CPT_OPERATOR_POLICY, else
+    its defaults: docs/security.md) would refuse is said on stderr.
     """
     import json
 
     from cpt_operator.controller.build.manifests import build_configmap, build_rayjob, dump_yaml
+    from cpt_operator.controller.policy.admin import ambient_allowed
+    from cpt_operator.controller.policy.endpoints import name_problem, uses_s3
+    from cpt_operator.controller.policy.pods import pod_problems
     from cpt_operator.controller.settings import OperatorSettings
 
     job = load_local_job(file, local=False)
@@ -97,6 +101,16 @@ def render(file: Path, namespace: str | None, trainer_image: str | None, output:
     job.metadata.namespace = job.metadata.namespace or namespace or "default"
     settings = OperatorSettings.from_env(trainer_image=trainer_image)
     objects = [build_configmap(job), build_rayjob(job, 1, settings)]
+    # What the admin policy (CPT_OPERATOR_POLICY, else its defaults) would refuse: on stderr, like kubectl's warnings.
+    storage = settings.policy.storage
+    named = name_problem(job.spec.storage.endpoint, storage)
+    refused = [named] if named else []
+    if job.spec.storage.credentials_secret is None and uses_s3(job.spec):
+        if not ambient_allowed(job.metadata.namespace, storage):
+            refused.append("spec.storage.credentialsSecret: required unless the admin lends the ambient identity")
+    refused += pod_problems(job, objects[1], settings.policy.pods, settings.trainer_image)
+    for problem in refused:
+        click.echo(f"warning: the operator's policy would refuse this job: {problem}", err=True)
     if not job.metadata.uid:
         for obj in objects:  # no owner without a uid: these are standalone objects
             obj["metadata"].pop("ownerReferences", None)
