@@ -105,9 +105,9 @@ def render(file: Path, namespace: str | None, trainer_image: str | None, output:
     storage = settings.policy.storage
     named = name_problem(job.spec.storage.endpoint, storage)
     refused = [named] if named else []
-    if job.spec.storage.credentials_secret is None and uses_s3(job.spec):
-        if not ambient_allowed(job.metadata.namespace, storage):
-            refused.append("spec.storage.credentialsSecret: required unless the admin lends the ambient identity")
+    lent = ambient_allowed(job.metadata.namespace, storage)
+    if job.spec.storage.credentials_secret is None and uses_s3(job.spec) and not lent:
+        refused.append("spec.storage.credentialsSecret: required unless the admin lends the ambient identity")
     refused += pod_problems(job, objects[1], settings.policy.pods, settings.trainer_image)
     for problem in refused:
         click.echo(f"warning: the operator's policy would refuse this job: {problem}", err=True)
