@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from cpt_core.contract import names
+from cpt_core.storage.keys import safe_join
 from cpt_core.storage.locations import (
     AccessDenied,
     Location,
@@ -343,15 +344,14 @@ class Storage:
         return sum(p.stat().st_size for p in files)
 
     def download_dir(self, uri: str | Location, local_dir: str | Path) -> int:
-        """Download every object below a prefix in parallel; returns bytes downloaded."""
+        """Download every object below a prefix in parallel; returns bytes downloaded.
+
+        Every key is checked first (`keys.safe_join`): one that would land outside `local_dir` raises
+        `UnsafeKey` naming it, and nothing is downloaded."""
         loc = (parse_uri(uri) if isinstance(uri, str) else uri).as_prefix()
         objects = self.list_objects(loc)
-        root = Path(local_dir)
-
-        def fetch(obj: ObjectInfo) -> None:
-            self.download_file(obj.location, root / obj.location.key[len(loc.key) :])
-
-        self._parallel(fetch, objects)
+        targets = [(obj.location, safe_join(local_dir, obj.location.key[len(loc.key) :], obj.uri)) for obj in objects]
+        self._parallel(lambda item: self.download_file(*item), targets)
         return sum(o.size for o in objects)
 
     def _parallel(self, fn: Any, items: list[Any]) -> None:

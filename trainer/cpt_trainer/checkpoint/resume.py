@@ -37,6 +37,7 @@ from typing import Any
 
 from cpt_core.api.v1alpha1.status import SkippedCheckpoint
 from cpt_core.contract import layout
+from cpt_core.storage import UnsafeKey, safe_join
 from cpt_core.storage.digest import sha256_file
 
 from cpt_trainer.checkpoint.store import CheckpointDamaged, CheckpointStore, Committed
@@ -117,7 +118,12 @@ def fetch(store: CheckpointStore, checkpoint: Committed, ctx: RunContext) -> Pat
     local = Path(tempfile.mkdtemp(prefix=f"cpt-load-{checkpoint.step}-r{ctx.rank}-"))
     try:
         for name in wanted:
-            target = local / name
+            try:
+                target = safe_join(local, name, str(checkpoint.location.join(name)))
+            except UnsafeKey as exc:
+                raise CheckpointDamaged(
+                    f"checkpoint {checkpoint.location} is damaged: {exc}", step=checkpoint.step, file=name
+                ) from None
             store.storage.download_file(checkpoint.location.join(name), target)
             problem = _check(target, (checkpoint.files or {}).get(name))
             if problem:

@@ -41,6 +41,7 @@ from cpt_core.contract.clock import now
 from cpt_core.contract.reasons import Reason
 from cpt_core.storage import Location, NotFound, Storage, parse_uri
 from cpt_core.storage.digest import digest_dir, sha256_bytes
+from cpt_core.storage.keys import key_problem
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,9 @@ class CheckpointStore:
             except (ValueError, KeyError, TypeError):
                 raise damaged(layout.MANIFEST, "does not parse") from None
             for name, entry in sorted(files.items()):
+                problem = key_problem(name)
+                if problem is not None:  # written by whoever can write the prefix: never a path to follow
+                    raise damaged(name, f"is not a name inside the checkpoint: {problem}")
                 if name not in listing:
                     raise damaged(name, "is missing")
                 if listing[name] != entry["size"]:
