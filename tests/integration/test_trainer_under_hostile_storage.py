@@ -25,7 +25,8 @@ from cpt_trainer.telemetry.tracking import Tracker
 
 from devkit.jobs import tiny_job
 from devkit.seaweed import SeaweedS3
-from tests.support.hostile_files import rewrite_checkpoint
+from tests.support.faults import Faults, InjectedFault
+from tests.support.hostile_files import code_running_pt, rewrite_checkpoint
 from tests.support.trainer_runs import TrainerFactory, spec_for
 from tests.support.verbatim_s3 import VerbatimS3
 
@@ -155,3 +156,89 @@ def read_s3_progress(storage: Storage, run: str) -> Any:
     from cpt_core.api.progress import Progress
 
     return Progress.model_validate_json(storage.read_text(parse_uri(run).join(layout.PROGRESS)))
+
+
+# -- files whose unpickling runs code --------------------------------------------------------------
+
+
+def test_a_rank_state_that_would_run_code_is_not_unpickled_and_the_run_continues_without_restoring_rng(
+    reference: dict[str, Any],
+    tmp_path: Path,
+    s3_env: SeaweedS3,
+    caplog: pytest.LogCaptureFixture,
+    trainer_factory: TrainerFactory,
+) -> None:
+    """Not the tenant's code run in every resuming pod (torch.load with weights_only=False)."""
+    run = on_s3(reference, tmp_path, s3_env, "rank-state")
+    marker = tmp_path / "code-ran"
+    checkpoint = parse_uri(run).join(layout.step_dir(6))
+    rewrite_checkpoint(env_storage(), checkpoint, {layout.rank_state(0): code_running_pt(marker)})
+
+    with caplog.at_level(logging.WARNING):
+        resumed = trainer_factory(spec_on(run, reference["home"]), attempt=2)
+    assert not marker.exists()
+    assert resumed.step == 6  # the checkpoint is used: only the random generators are not restored
+    warning = next(r.getMessage() for r in caplog.records if layout.rank_state(0) in r.getMessage())
+    assert "random" in warning and "\n" not in warning
+    outcome = resumed.fit()
+    assert outcome.state == "succeeded" and not marker.exists()
+    for step in range(7, 9):  # the tiny model has no dropout: the generators do not change its losses
+        assert outcome.losses[step] == pytest.approx(reference["losses"][step], abs=1e-6), step
+
+
+SHARDS = {
+    "model states": f"{layout.ENGINE_TAG}/mp_rank_00_model_states.pt",
+    "optimizer states": f"{layout.ENGINE_TAG}/zero_pp_rank_0_mp_rank_00_optim_states.pt",
+}
+
+
+@pytest.mark.parametrize("shard", list(SHARDS))
+def test_a_deepspeed_shard_that_would_run_code_is_not_unpickled_and_the_run_resumes_from_the_one_before(
+    reference: dict[str, Any],
+    tmp_path: Path,
+    s3_env: SeaweedS3,
+    shard: str,
+    trainer_factory: TrainerFactory,
+) -> None:
+    """Not the tenant's code run by DeepSpeed's checkpoint engine (torch.load with weights_only=False), then
+    CheckpointUnloadable with no fallback to the checkpoint before."""
+    run = on_s3(reference, tmp_path, s3_env, "shard")
+    marker = tmp_path / "code-ran"
+    checkpoint = parse_uri(run).join(layout.step_dir(6))
+    rewrite_checkpoint(env_storage(), checkpoint, {SHARDS[shard]: code_running_pt(marker)})
+
+    resumed = trainer_factory(spec_on(run, reference["home"]), attempt=2)
+    assert not marker.exists()
+    assert resumed.step == 4
+    outcome = resumed.fit()
+    assert outcome.state == "succeeded"
+    for step in range(5, 9):
+        assert outcome.losses[step] == pytest.approx(reference["losses"][step], abs=1e-6), step
+    skipped = read_s3_progress(env_storage(), run).checkpoint.skipped
+    assert [s.step for s in skipped] == [6] and SHARDS[shard] in skipped[0].reason
+    assert "builtins.exec" in skipped[0].reason and "\n" not in skipped[0].reason
+
+
+def test_a_shared_state_that_would_run_code_is_not_unpickled_and_the_run_resumes_from_the_one_before(
+    tmp_path: Path, s3_env: SeaweedS3, trainer_factory: TrainerFactory
+) -> None:
+    """Not the tenant's code run in every resuming pod when it loads the regularisation anchor."""
+    regularization = {"regularization": {"type": "l2-init", "strength": 0.01}}
+    run = f"s3://{s3_env.bucket}/runs/shared-{tmp_path.name}/"
+    reference = trainer_factory(spec_on(str(tmp_path / "reference") + "/", tmp_path, **regularization)).fit()
+    first = trainer_factory(spec_on(run, tmp_path, **regularization), hooks=(Faults(raise_at_step=7),))
+    with pytest.raises(InjectedFault):
+        first.fit()
+    first.checkpointer.finish()
+    marker = tmp_path / "code-ran"
+    checkpoint = parse_uri(run).join(layout.step_dir(6))
+    rewrite_checkpoint(env_storage(), checkpoint, {layout.SHARED_STATE: code_running_pt(marker)})
+
+    resumed = trainer_factory(spec_on(run, tmp_path, **regularization), attempt=2)
+    assert not marker.exists()
+    assert resumed.step == 4
+    outcome = resumed.fit()
+    for step in range(5, 9):
+        assert outcome.losses[step] == pytest.approx(reference.losses[step], abs=1e-6), step
+    skipped = read_s3_progress(env_storage(), run).checkpoint.skipped
+    assert [s.step for s in skipped] == [6] and layout.SHARED_STATE in skipped[0].reason

@@ -43,6 +43,8 @@ from cpt_core.storage import Location, NotFound, Storage, parse_uri
 from cpt_core.storage.digest import digest_dir, sha256_bytes
 from cpt_core.storage.keys import key_problem
 
+from cpt_trainer.checkpoint.loading import UnsafeCheckpointFile
+
 log = logging.getLogger(__name__)
 
 
@@ -424,6 +426,10 @@ class CheckpointStore:
                 for state in getattr(inner, "state", {}).values():
                     if hasattr(state.get("step"), "clone"):
                         state["step"] = state["step"].clone()
+        except UnsafeCheckpointFile as exc:  # resume.py checked every shard: only a file changed since
+            raise CheckpointDamaged(
+                f"the verified checkpoint in {local} is damaged: {exc}", file=exc.path.name
+            ) from None
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise CheckpointUnloadable(
