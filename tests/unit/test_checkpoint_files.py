@@ -78,3 +78,16 @@ def test_the_loss_scalers_of_fp16_and_bf16_runs_load(tmp_path: Path) -> None:
     loaded = safe_load(path)["optimizer_state_dict"]
     assert type(loaded["loss_scaler"]) is type(dynamic) and vars(loaded["loss_scaler"]) == vars(dynamic)
     assert type(loaded["static"]) is type(static) and vars(loaded["static"]) == vars(static)
+
+
+def test_model_states_whose_parameter_names_leave_the_conversion_directory_are_refused(tmp_path: Path) -> None:
+    """DeepSpeed's universal conversion (a resize) makes a directory per parameter name, joined as it is."""
+    from collections import OrderedDict
+
+    from cpt_trainer.checkpoint.resume import _unpickle_problem
+
+    path = tmp_path / "mp_rank_00_model_states.pt"
+    torch.save({"param_shapes": [OrderedDict({"model.norm.weight": torch.Size([8])})]}, path)
+    assert _unpickle_problem(path) is None
+    torch.save({"param_shapes": [OrderedDict({"../../escaped": torch.Size([8])})]}, path)
+    assert "names a parameter '../../escaped'" in (_unpickle_problem(path) or "")
