@@ -52,6 +52,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
+{{/* The namespaces the operator watches when it is not cluster-wide, as a JSON list: watchNamespaces, else
+     the release namespace alone. clusterWide and watchNamespaces exclude each other. */}}
+{{- define "cpt-operator.watchedNamespaces" -}}
+{{- if and .Values.clusterWide .Values.watchNamespaces -}}
+{{- fail "clusterWide: true manages every namespace; leave watchNamespaces empty (or set clusterWide: false)" -}}
+{{- end -}}
+{{- toJson (.Values.watchNamespaces | default (list .Release.Namespace)) -}}
+{{- end -}}
+
 {{/* The RBAC rules for CPTJobs and their children: exactly the calls the operator makes
      (cpt_operator.controller.io.kube.API_CALLS; a test keeps them in sync). */}}
 {{- define "cpt-operator.rules" -}}
