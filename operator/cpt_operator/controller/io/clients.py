@@ -24,8 +24,9 @@ def storage_for(
     ambient: bool = False,
 ) -> Storage:
     """The operator's Storage for a job: the job's own credentials (`secret`, the decoded Secret), or with
-    `ambient` (only where the admin policy lends it) the operator's own identity; without either, unsigned
-    requests -- the operator never falls back to its own identity on a job's behalf.
+    `ambient` (only where the admin policy lends it) the operator's own identity; without either -- a Secret
+    without an access key included -- unsigned requests: the operator (or `cpt logs`, whose process's own
+    credentials these would be) never falls back to its own identity on a job's behalf.
 
     One Storage per (endpoint, region, credentials): creating a boto3 client costs ~100 ms and ~10 MB,
     so jobs that share a Secret share a client (boto3 clients are thread-safe). The operator's clients
@@ -41,7 +42,8 @@ def storage_for(
         connect_timeout=settings.s3_connect_timeout_seconds,
         read_timeout=settings.s3_read_timeout_seconds,
         max_attempts=settings.s3_max_attempts,
-        anonymous=secret is None and not ambient,
+        # botocore's credential chain (environment, web identity, instance metadata) would find the process's own.
+        anonymous=not ambient and (secret is None or not s3.access_key_id),
         hard_deadlines=True,
     )
     key = (
