@@ -19,6 +19,8 @@ and serves the object API itself:
   resourceVersion preconditions (409), and garbage collection of dependents by ownerReferences
   (the kube-controller-manager's job);
 - optional per-resource validators (the CRD schemas and CEL rules) answering 422 Invalid;
+- RBAC as a user meets it, where a test asks: `forbidden[token]` lists the (apiGroup, resource, verb) calls a
+  bearer token may not make, answered 403 Forbidden with the API server's message (everything else is allowed);
 - the pod log subresource (`GET .../pods/NAME/log` with container, tailLines, limitBytes, follow) as
   the kubelet serves it: text/plain, 400 when a pod of several containers is asked without one,
   404 once the pod is gone. A log is a file on this machine (`pod_logs`), written by whoever runs
@@ -114,6 +116,8 @@ class FaithfulKubernetes(kmock.KubernetesEmulator):
     requests_seen: set[tuple[str, str, str]] = attrs.field(factory=set)
     #: Called as listener(key, event_type, object) on every write (benchmarks timestamp events with it).
     listeners: list[Callable[[Key, str, dict[str, Any]], None]] = attrs.field(factory=list)
+    #: bearer token -> the (apiGroup, resource[/subresource], verb) calls it is denied (403), like RBAC.
+    forbidden: dict[str, set[tuple[str, str, str]]] = attrs.field(factory=dict)
     #: (namespace, pod, container) -> the file its log is read from (what the kubelet keeps on the node).
     pod_logs: dict[tuple[str, str, str], Path] = attrs.field(factory=dict)
     _log: list[tuple[int, Key, dict[str, Any]]] = attrs.field(factory=list)
@@ -328,6 +332,15 @@ class FaithfulKubernetes(kmock.KubernetesEmulator):
         plural = f"{key[2]}/{request.subresource}" if request.subresource else key[2]
         self.requests_seen.add((key[0], plural, verb))
         try:
+            token = str(request.headers.get("Authorization", "")).removeprefix("Bearer ")
+            if (key[0], plural, verb) in self.forbidden.get(token, set()):
+                where = f' in the namespace "{request.namespace}"' if request.namespace else ""
+                raise kmock.KubernetesError(
+                    status=403,
+                    reason="Forbidden",
+                    message=f'{plural} "{request.name or ""}" is forbidden: User "{token}" cannot {verb} resource '
+                    f'"{plural}" in API group "{key[0]}"{where}',
+                )
             if key == PODS and request.subresource == "log" and method == "GET" and request.name:
                 return await self._pod_log(request, request.namespace or "", request.name)
             if method == "GET" and request.params.get("watch") in ("true", "1"):
