@@ -87,7 +87,16 @@ def calls(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
     return {(g, res, v) for r in rules for g in r["apiGroups"] for res in r["resources"] for v in r["verbs"]}
 
 
-NAMESPACES_ONLY = [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}]
+# The only cluster-scoped permissions of a namespaced install: following the watched namespaces and reading
+# KubeRay's RayJob CRD (which auth mode its version supports).
+READ_RAYJOB_CRD = {
+    "apiGroups": ["apiextensions.k8s.io"],
+    "resources": ["customresourcedefinitions"],
+    "resourceNames": ["rayjobs.ray.io"],
+    "verbs": ["get"],
+}
+CLUSTER_SCOPED_ONLY = [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}, READ_RAYJOB_CRD]
+CLUSTER_SCOPED_CALLS = {("", "namespaces", "list"), ("", "namespaces", "watch")} | calls([READ_RAYJOB_CRD])
 
 
 def test_rbac_grants_exactly_what_the_operator_calls() -> None:
@@ -96,7 +105,10 @@ def test_rbac_grants_exactly_what_the_operator_calls() -> None:
         rules = [r for kind in ("ClusterRole", "Role") for doc in docs.get(kind, []) for r in doc["rules"]]
         assert calls(rules) == API_CALLS, values
         assert not any("*" in str(r) for r in rules)
-        assert {v for g, res, v in calls(rules) if res == "secrets"} == {"get"}
+        # Secrets: read what a job names, create its Ray token; never list, update or delete one.
+        assert {v for g, res, v in calls(rules) if res == "secrets"} == {"get", "create"}
+        # CRDs: only reading KubeRay's RayJob CRD.
+        assert [r for r in rules if "customresourcedefinitions" in r["resources"]] == [READ_RAYJOB_CRD], values
 
 
 def test_a_default_install_manages_only_its_own_namespace() -> None:
@@ -105,9 +117,9 @@ def test_a_default_install_manages_only_its_own_namespace() -> None:
     docs = by_kind(render(namespace="cpt-system"))
     [role], [binding] = docs["Role"], docs["RoleBinding"]
     assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "cpt-system"
-    assert calls(role["rules"]) | {("", "namespaces", "list"), ("", "namespaces", "watch")} == API_CALLS
+    assert calls(role["rules"]) | CLUSTER_SCOPED_CALLS == API_CALLS
     [cluster_role] = docs["ClusterRole"]
-    assert cluster_role["rules"] == NAMESPACES_ONLY
+    assert cluster_role["rules"] == CLUSTER_SCOPED_ONLY
     args = docs["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=cpt-system" in args and "--all-namespaces" not in args
     elsewhere = by_kind(render(namespace="ml-platform"))
@@ -133,14 +145,14 @@ def test_namespaced_mode_uses_roles() -> None:
     roles = docs["Role"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-team", "research"]
     assert sorted(b["metadata"]["namespace"] for b in docs["RoleBinding"]) == ["ml-team", "research"]
-    # The only cluster-scoped permission left: following the watched namespaces.
+    # The only cluster-scoped permissions left: following the watched namespaces, reading KubeRay's RayJob CRD.
     [cluster_role] = docs["ClusterRole"]
-    assert cluster_role["rules"] == NAMESPACES_ONLY
+    assert cluster_role["rules"] == CLUSTER_SCOPED_ONLY
     args = docs["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=ml-team" in args and "--namespace=research" in args and "--all-namespaces" not in args
     assert "--namespace=cpt-system" not in args  # exactly the listed namespaces, not the release one too
     allowed = granted(cluster_wide=False, namespace="research")
-    assert all(allowed(call) for call in API_CALLS if call[1] != "namespaces")
+    assert all(allowed(call) for call in API_CALLS if call[1] not in ("namespaces", "customresourcedefinitions"))
 
 
 def test_servicemonitor_only_when_enabled() -> None:
@@ -161,6 +173,9 @@ def test_servicemonitor_only_when_enabled() -> None:
         ("crds.keep=maybe", "crds.keep: Invalid type"),
         ("watchNamespaces={Bad_NS}", "watchNamespaces.0"),
         ("clusterWide=maybe", "clusterWide: Invalid type"),
+        ("operator.kuberayAuth=maybe", "operator.kuberayAuth"),
+        ("networkPolicy.enabled=yes please", "networkPolicy.enabled"),
+        ("networkPolicy.extraIngress[0].to[0].podSelector.x=y", "networkPolicy.extraIngress.0"),
     ],
 )
 def test_invalid_values_are_rejected_by_the_schema(setting: str, message: str) -> None:

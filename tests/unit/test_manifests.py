@@ -83,9 +83,17 @@ def test_each_overlay_grants_what_the_chart_grants_with_its_values(overlay: str)
     assert rbac_and_args(kustomize(overlay)) == rbac_and_args(render(set_values=values, namespace="cpt-system"))
 
 
+#: A namespaced install's only cluster-scoped calls: following the watched namespaces, reading KubeRay's RayJob CRD.
+CLUSTER_SCOPED = {
+    ("", "namespaces", "list"),
+    ("", "namespaces", "watch"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "get"),
+}
+
+
 def test_the_base_manages_only_its_own_namespace() -> None:
     docs = kustomize("base")
-    assert rules_of(docs, "ClusterRole") == {("", "namespaces", "list"), ("", "namespaces", "watch")}
+    assert rules_of(docs, "ClusterRole") == CLUSTER_SCOPED
     assert {d["metadata"]["namespace"] for d in docs if d["kind"] in ("Role", "RoleBinding")} == {"cpt-system"}
     assert rules_of(docs, "Role") | rules_of(docs, "ClusterRole") == API_CALLS
 
@@ -98,7 +106,9 @@ def test_cluster_wide_overlay_grants_exactly_the_operator_calls() -> None:
 
 def test_single_namespace_overlay_is_namespace_scoped() -> None:
     docs = kustomize("single-namespace")
-    assert rules_of(docs, "ClusterRole") == {("", "namespaces", "list"), ("", "namespaces", "watch")}
+    assert rules_of(docs, "ClusterRole") == CLUSTER_SCOPED
+    [crd_rule] = [r for d in docs if d["kind"] == "ClusterRole" for r in d["rules"] if r["apiGroups"] != [""]]
+    assert crd_rule["resourceNames"] == ["rayjobs.ray.io"]
     assert rules_of(docs, "Role") | rules_of(docs, "ClusterRole") == API_CALLS
     assert {d["metadata"]["namespace"] for d in docs if d["kind"] in ("Role", "RoleBinding")} == {"ml-team"}
     deployment = next(d for d in docs if d["kind"] == "Deployment")

@@ -28,11 +28,13 @@ from cpt_core.storage.progress import UnreadableProgress, load_progress
 from cpt_core.validation.validate import Report, validate
 from pydantic import ValidationError
 
-from cpt_operator.controller.build.manifests import build_configmap, build_rayjob
+from cpt_operator.controller.build.manifests import build_rayjob
 from cpt_operator.controller.io.clients import storage_for
 from cpt_operator.controller.io.evidence import copy_attempt_logs
 from cpt_operator.controller.io.gate import StorageGate
-from cpt_operator.controller.io.kube import ApiError, ForeignObject, Kube
+from cpt_operator.controller.io.kube import ForeignObject, Kube
+from cpt_operator.controller.io.kuberay import KubeRayFeatures
+from cpt_operator.controller.launch import create_attempt
 from cpt_operator.controller.lifecycle.conditions import (
     current_rayjob_name,
     expire_kept,
@@ -49,6 +51,7 @@ from cpt_operator.controller.lifecycle.decision import (
     Observed,
     PreflightResult,
     Problem,
+    RayAuth,
 )
 from cpt_operator.controller.lifecycle.reconcile import reconcile
 from cpt_operator.controller.lifecycle.rejection import reject_spec
@@ -125,6 +128,7 @@ class Reconciler:
             per_tenant=settings.storage_calls_per_namespace,
         )
         self.resolver = EndpointResolver(timeout=settings.s3_connect_timeout_seconds)
+        self.kuberay = KubeRayFeatures(kube, settings)
         self._locks: dict[str, asyncio.Lock] = {}
         self._queued: set[str] = set()
         self._kicked: set[asyncio.Task[None]] = set()
@@ -276,12 +280,15 @@ class Reconciler:
                 self.metrics.preflight_failures.labels(reason=preflight.reason).inc()
 
         warnings = [str(w) for w in report.warnings]
-        observed = Observed(rayjob, progress, preflight, now, progress_problem=problem, foreign_rayjob=foreign)
+        auth = await self.kuberay.auth() if preflight is not None and preflight.ok else None  # an attempt may start
+        observed = Observed(
+            rayjob, progress, preflight, now, progress_problem=problem, foreign_rayjob=foreign, ray_auth=auth
+        )
         decision = reconcile(job, observed, warnings=warnings)
-        blocked = await self._act(decision, job, storage, rayjob)
+        blocked = await self._act(decision, job, storage, rayjob, auth)
         if blocked is not None:  # the attempt could not be created: decide again knowing why
             decision = reconcile(job, dataclasses.replace(observed, launch_blocked=blocked), warnings=warnings)
-            await self._act(decision, job, storage, rayjob)
+            await self._act(decision, job, storage, rayjob, auth)
         if decision.status.preflight_failures and decision.status.next_preflight_time is None:
             delay = preflight_backoff(
                 decision.status.preflight_failures,
@@ -301,10 +308,14 @@ class Reconciler:
             return None, str(exc)
 
     async def _act(
-        self, decision: Decision, job: api.CPTJob, storage: Storage, rayjob: dict[str, Any] | None
+        self,
+        decision: Decision,
+        job: api.CPTJob,
+        storage: Storage,
+        rayjob: dict[str, Any] | None,
+        auth: RayAuth | None = None,
     ) -> Problem | None:
-        """Carry out the decision's actions. A launch that cannot happen returns why (a foreign object, a
-        rejected RayJob): the state machine reports it once instead of kopf retrying it blindly."""
+        """Carry out the decision's actions. A launch that cannot happen returns why (see `launch.create_attempt`)."""
         namespace = job.metadata.namespace or ""
         for action in decision.actions:  # an ended attempt's logs first: deleting its RayJob deletes its pods
             if isinstance(action, DeleteRayJob) and action.logs_of is not None:
@@ -314,19 +325,11 @@ class Reconciler:
         for action in decision.actions:
             if not isinstance(action, CreateAttempt):
                 continue
-            rayjob = build_rayjob(job, action.attempt, self.settings)
-            try:
-                await self.kube.apply_configmap(build_configmap(job))
-                await self.kube.create(rayjob)
-            except ForeignObject as exc:
-                return Problem(Reason.ForeignObject, str(exc))
-            except ApiError as exc:
-                if exc.status in (400, 422):  # what we built was rejected (e.g. by KubeRay's schema): permanent
-                    return Problem(
-                        Reason.ValidationFailed,
-                        f"the API server rejected RayJob {rayjob['metadata']['name']}: {exc.message}",
-                    )
-                raise
+            problem = await create_attempt(
+                self.kube, job, action.attempt, self.settings, auth or await self.kuberay.auth()
+            )
+            if problem is not None:
+                return problem
             self.metrics.rayjobs_created.inc()
             if action.attempt > 1:
                 self.metrics.restarts.inc()
