@@ -218,6 +218,12 @@ def test_copied_logs_are_read_with_the_jobs_secret_never_with_the_callers_creden
     assert cli(env, "logs", "guarded", "--attempt", "1").stdout == "step 1 loss 7.6\n"  # allowed: the job's Secret
 
     # A job that names no Secret: nothing to read the copies with but the caller's own, so only when asked.
+    # (spec.storage is fixed while an attempt runs: suspend first, as the API server's message says.)
+    cluster.patch(CPTJOBS, "ml", "guarded", {"spec": {"runPolicy": {"suspend": True}}})
+    wait_for(
+        lambda: (cluster.get(CPTJOBS, "ml", "guarded") or {}).get("status", {}).get("phase") == "Suspended",
+        what="suspended",
+    )
     cluster.patch(CPTJOBS, "ml", "guarded", {"spec": {"storage": {"credentialsSecret": None}}})
     unnamed = cli(mine, "logs", "guarded", "--attempt", "1")
     assert unnamed.returncode == 1 and unnamed.stdout == ""
