@@ -38,8 +38,9 @@ def render(
 
 
 def granted(cluster_wide: bool, namespace: str = "ml-team") -> Callable[[tuple[str, str, str]], bool]:
-    """Whether the rendered RBAC grants (apiGroup, resource, verb) in `namespace`."""
-    docs = render() if cluster_wide else render(set_values=(f"watchNamespaces={{{namespace}}}",))
+    """Whether the rendered RBAC grants (apiGroup, resource, verb) in `namespace`: with `clusterWide=true`, or
+    with `namespace` as the one watched namespace."""
+    docs = render(set_values=("clusterWide=true",) if cluster_wide else (f"watchNamespaces={{{namespace}}}",))
     rules: list[tuple[dict[str, Any], bool]] = []
     for doc in docs:
         if doc["kind"] == "ClusterRole":

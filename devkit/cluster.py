@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import yaml
 
 from devkit.jobs import ROOT, merge, tiny_job_doc
-from devkit.k8s_emulator import NAMESPACES, SECRETS, EmulatorThread, cluster_with_cpt_and_kuberay
+from devkit.k8s_emulator import CRDS, NAMESPACES, SECRETS, EmulatorThread, cluster_with_cpt_and_kuberay
 from devkit.seaweed import SeaweedS3
 
 T = TypeVar("T")
@@ -34,6 +34,30 @@ def kuberay_crd(name: str) -> dict[str, Any]:
     raise FileNotFoundError(f"KubeRay CRD {name} not found in {[str(c) for c in candidates]}; set CPT_KUBERAY_CRDS")
 
 
+def kuberay_rayjob_crd(version: str = "1.7.0") -> dict[str, Any]:
+    """KubeRay v1.7.0's real RayJob CRD, cut back to what `version` serves for authentication: 1.6.0 and later
+    have authOptions.secretName, 1.5.1 and 1.5.2 authOptions.mode only, 1.5.0 and older no authOptions (as their
+    published CRDs do)."""
+    crd = copy.deepcopy(kuberay_crd("ray.io_rayjobs.yaml"))
+    v1 = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    cluster = v1["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["rayClusterSpec"]["properties"]
+    if version in ("1.5.1", "1.5.2"):
+        cluster["authOptions"]["properties"] = {"mode": cluster["authOptions"]["properties"]["mode"]}
+    elif version not in ("1.6.0", "1.6.1", "1.6.2", "1.7.0"):
+        del cluster["authOptions"]
+    return crd
+
+
+def install_kuberay_crd(cluster: EmulatorThread, version: str) -> None:
+    """Replace the served rayjobs.ray.io CRD by `version`'s, as upgrading or downgrading KubeRay would."""
+    crd = kuberay_rayjob_crd(version)
+    cluster.call(
+        cluster.emulator.op_update(
+            CRDS, None, crd["metadata"]["name"], None, lambda current: {**crd, "metadata": current["metadata"]}
+        )
+    )
+
+
 def rayjob_schema() -> dict[str, Any]:
     crd = kuberay_crd("ray.io_rayjobs.yaml")
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
@@ -41,7 +65,13 @@ def rayjob_schema() -> dict[str, Any]:
 
 
 def start_cluster() -> EmulatorThread:
-    return EmulatorThread(cluster_with_cpt_and_kuberay(rayjob_schema())).start()
+    """The emulator with the CRDs a cluster with KubeRay v1.7.0 and cpt-operator has, served as objects too."""
+    from cpt_core.schema.crd import crd
+
+    emulator = EmulatorThread(cluster_with_cpt_and_kuberay(rayjob_schema())).start()
+    for definition in (crd(), kuberay_crd("ray.io_rayjobs.yaml"), kuberay_crd("ray.io_rayclusters.yaml")):
+        emulator.create(CRDS, copy.deepcopy(definition))
+    return emulator
 
 
 def wait_for(check: Callable[[], T], timeout: float = 60.0, interval: float = 0.2, what: str = "condition") -> T:

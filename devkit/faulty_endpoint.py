@@ -1,10 +1,12 @@
 """A real TCP endpoint that misbehaves on demand, for tests and the soak benchmark.
 
-`FaultyEndpoint()` is an S3 endpoint that accepts connections and never answers (what a hung
-server or a black-holed load balancer looks like to a client). `FaultyEndpoint(target=(host,
-port))` forwards to a real server (SeaweedFS) until `hang()` is called: from then on responses
-are swallowed, also on connections the client already pools, until `heal()`. It counts
-connections (total and the peak in flight), so tests can see how many a client holds open.
+`FaultyEndpoint()` is an S3 endpoint that accepts connections and never answers (what a hung server or a
+black-holed load balancer looks like to a client). `FaultyEndpoint(drip=seconds)` answers, one byte
+every `seconds`, forever: each read of the client succeeds in time, so per-read timeouts never fire (a
+slow-drip server holds a call as long as it likes unless the caller has a total deadline).
+`FaultyEndpoint(target=(host, port))` forwards to a real server (SeaweedFS) until `hang()` is called:
+from then on responses are swallowed, also on connections the client already pools, until `heal()`. It
+counts connections (total and the peak in flight), so tests can see how many a client holds open.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from typing import Any
 
 
 class FaultyEndpoint:
-    def __init__(self, target: tuple[str, int] | None = None) -> None:
+    def __init__(self, target: tuple[str, int] | None = None, drip: float | None = None) -> None:
         self.target = target
+        self.drip = drip
         self.hanging = target is None
         self.connections = 0
         self.active = 0
@@ -85,6 +88,13 @@ class FaultyEndpoint:
         self.peak = max(self.peak, self.active)
         upstream: asyncio.StreamWriter | None = None
         try:
+            if self.drip is not None:
+                await reader.read(65536)
+                for byte in b"HTTP/1.1 200 OK\r\nx-drip: " + b"a" * 100_000:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(self.drip)
+                return
             if self.target is None:
                 while await reader.read(65536):  # read the request, never answer
                     pass

@@ -73,7 +73,7 @@ class HostileS3:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def __enter__(self) -> HostileS3:
         self._thread.start()

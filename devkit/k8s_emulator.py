@@ -18,7 +18,13 @@ and serves the object API itself:
 - deletion with finalizers (deletionTimestamp, removal when the last finalizer goes), uid and
   resourceVersion preconditions (409), and garbage collection of dependents by ownerReferences
   (the kube-controller-manager's job);
-- optional per-resource validators (the CRD schemas and CEL rules) answering 422 Invalid;
+- optional per-resource validators (the CRD schemas and CEL rules; RayJobs against the schema of the stored
+  `rayjobs.ray.io` CRD, so replacing that CRD is a KubeRay upgrade or downgrade; Secrets and NetworkPolicies
+  against Kubernetes' own OpenAPI schema, Secret data as base64, immutable Secrets) answering 422 Invalid;
+- CustomResourceDefinitions as cluster-scoped objects to read (the CPTJob one and KubeRay's);
+- RBAC as a caller meets it: `forbidden[token]` lists the (apiGroup, resource, verb) calls a bearer token may
+  not make, `forbidden["*"]` the ones no caller may make (kopf's watch of all CRDs, which the chart does not
+  grant; kopf carries on without it, as on a cluster), answered 403 Forbidden with the API server's message;
 - the pod log subresource (`GET .../pods/NAME/log` with container, tailLines, limitBytes, follow) as
   the kubelet serves it: text/plain, 400 when a pod of several containers is asked without one,
   404 once the pod is gone. A log is a file on this machine (`pod_logs`), written by whoever runs
@@ -112,8 +118,12 @@ class FaithfulKubernetes(kmock.KubernetesEmulator):
     validators: dict[tuple[str, str], Validator] = attrs.field(factory=dict)
     #: (apiGroup, resource[/subresource], verb) of every API call served (the chart's RBAC is checked against it).
     requests_seen: set[tuple[str, str, str]] = attrs.field(factory=set)
+    #: Calls answered 403 Forbidden (what RBAC does not grant), and the ones that were refused so.
+    requests_refused: set[tuple[str, str, str]] = attrs.field(factory=set)
     #: Called as listener(key, event_type, object) on every write (benchmarks timestamp events with it).
     listeners: list[Callable[[Key, str, dict[str, Any]], None]] = attrs.field(factory=list)
+    #: bearer token ("*": every caller) -> the (apiGroup, resource[/subresource], verb) calls it is denied (403).
+    forbidden: dict[str, set[tuple[str, str, str]]] = attrs.field(factory=dict)
     #: (namespace, pod, container) -> the file its log is read from (what the kubelet keeps on the node).
     pod_logs: dict[tuple[str, str, str], Path] = attrs.field(factory=dict)
     _log: list[tuple[int, Key, dict[str, Any]]] = attrs.field(factory=list)
@@ -326,8 +336,19 @@ class FaithfulKubernetes(kmock.KubernetesEmulator):
             method, "watch" if watching else "get" if request.name else "list"
         )
         plural = f"{key[2]}/{request.subresource}" if request.subresource else key[2]
-        self.requests_seen.add((key[0], plural, verb))
+        call = (key[0], plural, verb)
+        token = str(request.headers.get("Authorization", "")).removeprefix("Bearer ")
+        denied = call in self.forbidden.get("*", set()) | self.forbidden.get(token, set())
+        (self.requests_refused if denied else self.requests_seen).add(call)
         try:
+            if denied:
+                where = f' in the namespace "{request.namespace}"' if request.namespace else ""
+                raise kmock.KubernetesError(
+                    status=403,
+                    reason="Forbidden",
+                    message=f'{plural} "{request.name or ""}" is forbidden: User "{token}" cannot {verb} resource '
+                    f'"{plural}" in API group "{key[0]}"{where}',
+                )
             if key == PODS and request.subresource == "log" and method == "GET" and request.name:
                 return await self._pod_log(request, request.namespace or "", request.name)
             if method == "GET" and request.params.get("watch") in ("true", "1"):
@@ -536,6 +557,34 @@ class EmulatorThread:
         )
 
 
+KUBERNETES_VERSION = "1.32"  # the schema version Secrets and NetworkPolicies are validated with
+
+
+def kubernetes_schema(new: dict[str, Any], old: dict[str, Any] | None) -> list[str]:
+    """A core/networking object against Kubernetes' OpenAPI schema (unknown fields are errors, as with
+    `kubectl --validate=strict`); Secrets also as the API server decodes and guards them."""
+    import kubernetes_validate
+
+    problems: list[str] = []
+    try:
+        kubernetes_validate.validate(new, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        problems.append(f"{'.'.join(map(str, exc.absolute_path))}: {exc.message}")
+    if new.get("kind") == "Secret":
+        for key, value in (new.get("data") or {}).items():
+            try:
+                base64.b64decode(str(value), validate=True)
+            except ValueError:
+                problems.append(f"data[{key}]: illegal base64 data")
+        if (
+            old is not None
+            and old.get("immutable")
+            and (new.get("data") != old.get("data") or not new.get("immutable"))
+        ):
+            problems.append("data: Forbidden: field is immutable when `immutable` is set")
+    return problems
+
+
 CPTJOBS: Key = ("cpt.dev", "v1alpha1", "cptjobs")
 RAYJOBS: Key = ("ray.io", "v1", "rayjobs")
 CONFIGMAPS: Key = ("", "v1", "configmaps")
@@ -543,6 +592,8 @@ SECRETS: Key = ("", "v1", "secrets")
 EVENTS: Key = ("", "v1", "events")
 PODS: Key = ("", "v1", "pods")
 NAMESPACES: Key = ("", "v1", "namespaces")
+NETWORK_POLICIES: Key = ("networking.k8s.io", "v1", "networkpolicies")
+CRDS: Key = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 
 
 def cluster_with_cpt_and_kuberay(rayjob_schema: dict[str, Any] | None = None) -> FaithfulKubernetes:
@@ -557,6 +608,14 @@ def cluster_with_cpt_and_kuberay(rayjob_schema: dict[str, Any] | None = None) ->
     k8s.declare("", "v1", "events", "Event")
     k8s.declare("", "v1", "pods", "Pod", subresources=("status", "log"))
     k8s.declare("", "v1", "namespaces", "Namespace", namespaced=False)
+    k8s.declare("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
+    k8s.declare("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", namespaced=False)
+    # kopf watches all CRDs when it can (to notice new resources); the chart grants only get on rayjobs.ray.io.
+    k8s.forbidden.setdefault("*", set()).update(
+        ("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")
+    )
+    k8s.validators[("", "secrets")] = kubernetes_schema
+    k8s.validators[("networking.k8s.io", "networkpolicies")] = kubernetes_schema
 
     def cptjob(new: dict[str, Any], old: dict[str, Any] | None) -> list[str]:
         return [str(p) for p in schema_errors(new) + cel_violations(new, old)]
@@ -565,8 +624,20 @@ def cluster_with_cpt_and_kuberay(rayjob_schema: dict[str, Any] | None = None) ->
     if rayjob_schema is not None:
         import jsonschema
 
-        validator = jsonschema.Draft4Validator(rayjob_schema)
-        k8s.validators[("ray.io", "rayjobs")] = lambda new, old: [
-            f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(new)
-        ]
+        validators: dict[str, Any] = {}
+
+        def rayjob(new: dict[str, Any], old: dict[str, Any] | None) -> list[str]:
+            """Against the stored rayjobs.ray.io CRD's v1 schema (the one given while none is stored)."""
+            crd = k8s.store.get((CRDS, None, "rayjobs.ray.io"))
+            version = crd["metadata"]["resourceVersion"] if crd else ""
+            if version not in validators:
+                schema = rayjob_schema
+                if crd is not None:
+                    v1 = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+                    schema = v1["schema"]["openAPIV3Schema"]
+                validators.clear()
+                validators[version] = jsonschema.Draft4Validator(schema)
+            return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validators[version].iter_errors(new)]
+
+        k8s.validators[("ray.io", "rayjobs")] = rayjob
     return k8s

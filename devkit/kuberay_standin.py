@@ -7,6 +7,11 @@ local Ray because no RAY_ADDRESS is set), and writes the RayJob status as KubeRa
 (Initializing -> Running -> Complete/SUCCEEDED or Failed/FAILED). Deleting a RayJob kills its
 process group, as deleting its Ray cluster would.
 
+With `rayClusterSpec.authOptions.mode: token` it sets up Ray's token authentication as KubeRay 1.6+ does:
+every Ray container and the driver get RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from the `auth_token` key of
+the `secretName` Secret (or of a Secret it generates, named after the Ray cluster, without one), unless the
+container already sets them. The driver's local Ray then runs with token authentication.
+
 It also creates the pods KubeRay would, with the names and labels KubeRay gives them, owned by the
 RayJob (KubeRay puts the RayCluster and the submitter Job in between; garbage collection ends the
 same): the submitter pod of the Job (`batch.kubernetes.io/job-name=<rayjob>`, container
@@ -21,8 +26,10 @@ Ray pods stay Running until the RayJob is deleted, as a cluster kept after its j
 from __future__ import annotations
 
 import base64
+import copy
 import os
 import random
+import secrets
 import shlex
 import signal
 import subprocess
@@ -44,6 +51,8 @@ class Run:
     log: Path
     killed: bool = False
     submitter: str = ""
+    #: The Ray authentication the driver ran with (RAY_AUTH_MODE; the token itself is not kept).
+    auth_mode: str | None = None
 
 
 @dataclass
@@ -92,11 +101,40 @@ class KubeRayStandIn:
             env.pop(key)  # the pod gets only what the RayJob and extra_env give it
         return env
 
+    def _with_auth(self, rayjob: dict[str, Any], cluster_name: str, container: dict[str, Any]) -> dict[str, Any]:
+        """`container` with the environment KubeRay's SetContainerTokenAuthEnvVars gives it (v1.7.0)."""
+        auth = rayjob["spec"]["rayClusterSpec"].get("authOptions") or {}
+        if auth.get("mode") != "token":
+            return container
+        secret = auth.get("secretName") or cluster_name
+        meta = rayjob["metadata"]
+        if not auth.get("secretName") and self.cluster.get(SECRETS, meta["namespace"], secret) is None:
+            token = base64.b64encode(secrets.token_urlsafe(32).encode()).decode()
+            owner = {"apiVersion": "ray.io/v1", "kind": "RayJob", "name": meta["name"], "uid": meta["uid"]}
+            self.cluster.create(
+                SECRETS,
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": secret, "namespace": meta["namespace"], "ownerReferences": [owner]},
+                    "data": {"auth_token": token},
+                },
+            )
+        env = list(container.get("env", []))
+        names = {e["name"] for e in env}
+        if "RAY_AUTH_MODE" not in names:
+            env.append({"name": "RAY_AUTH_MODE", "value": "token"})
+        if "RAY_AUTH_TOKEN" not in names:
+            ref = {"name": secret, "key": "auth_token"}
+            env.append({"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": ref}})
+        return {**container, "env": env}
+
     def _launch(self, rayjob: dict[str, Any]) -> None:
         meta = rayjob["metadata"]
         namespace, name = meta["namespace"], meta["name"]
+        cluster_name = f"{name}-{_suffix()}"
         head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
-        container = head["containers"][0]
+        container = self._with_auth(rayjob, cluster_name, head["containers"][0])
         volume = next(v for v in head["volumes"] if "configMap" in v)
         mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
         configmap = self.cluster.get(CONFIGMAPS, namespace, volume["configMap"]["name"])
@@ -119,16 +157,16 @@ class KubeRayStandIn:
         args = shlex.split(rayjob["spec"]["entrypoint"].replace(mount["mountPath"], str(spec_dir)))
         assert args[0] == "cpt", args
         log = root / "entrypoint.log"
+        env = {**self._env(namespace, container), **self.extra_env.get(name, {})}
         process = subprocess.Popen(
             [sys.executable, "-m", "cpt_core.cli", *args[1:]],
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
-            env={**self._env(namespace, container), **self.extra_env.get(name, {})},
+            env=env,
             start_new_session=True,
             cwd=root,
         )
-        self.runs[name] = Run(name, meta["uid"], process, log)
-        cluster_name = f"{name}-{_suffix()}"
+        self.runs[name] = Run(name, meta["uid"], process, log, auth_mode=env.get("RAY_AUTH_MODE"))
         self.runs[name].submitter = self._pods(rayjob, cluster_name, root, log)
         self._status(
             namespace,
@@ -166,7 +204,9 @@ class KubeRayStandIn:
                 pod = f"{cluster_name}-{group['groupName']}-worker-{_suffix()}"
                 groups.append(("worker", group["groupName"], pod, group))
         for node_type, group_name, pod, spec in groups:
-            template = spec["template"]
+            template = copy.deepcopy(spec["template"])
+            containers = template["spec"]["containers"]
+            containers[0] = self._with_auth(rayjob, cluster_name, containers[0])
             labels = {
                 **(template.get("metadata") or {}).get("labels", {}),
                 "ray.io/cluster": cluster_name,

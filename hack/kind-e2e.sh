@@ -53,9 +53,12 @@ kubectl -n ml-team apply -f hack/kind/upload-data.yaml
 kubectl -n ml-team wait --for=condition=complete job/upload-data --timeout=600s
 
 step "cpt-operator (Helm)"
+# privateEndpoints: the in-cluster S3 server (docs/security.md); watchNamespaces: the tenant namespace (a Role there)
 helm upgrade --install cpt-operator charts/cpt-operator -n cpt-system --create-namespace --wait --timeout 5m \
   --set image.repository=cpt-operator --set image.tag=e2e --set image.pullPolicy=Never \
-  --set trainerImage.repository=cpt-trainer --set trainerImage.tag=e2e --set trainerImage.pullPolicy=Never
+  --set trainerImage.repository=cpt-trainer --set trainerImage.tag=e2e --set trainerImage.pullPolicy=Never \
+  --set 'policy.storage.privateEndpoints={seaweedfs.s3.svc:8333}' \
+  --set 'watchNamespaces={ml-team}'
 
 step "a tiny CPU CPTJob"
 kubectl apply -f hack/kind/tiny-cptjob.yaml

@@ -1,7 +1,8 @@
 """The real servers and processes integration tests run against, started by fixtures.
 
 Real components only: the `s3` fixture starts a SeaweedFS server; when it cannot start, the tests that
-use it fail with the server's log (they never skip or pass silently). `cluster` is the faithful
+use it fail with the server's log (they never skip or pass silently); `verbatim_s3` puts a front before it
+that keeps keys verbatim as AWS S3 does, to plant the keys SeaweedFS refuses. `cluster` is the faithful
 Kubernetes API emulator (one per test module), `operator_factory` the real operator (kopf) on a thread
 against it, `trainer_factory` the real Trainer (DeepSpeed on CPU) in this process.
 
@@ -23,12 +24,15 @@ from devkit.cluster import start_cluster, upload_example_data
 from devkit.k8s_emulator import EmulatorThread
 from devkit.seaweed import SeaweedS3
 from tests.support.operator_runner import OperatorFactory, OperatorThread
+from tests.support.verbatim_s3 import VerbatimS3
 
 if TYPE_CHECKING:
     from tests.support.trainer_runs import TrainerFactory
 
 # What the operator tests run with unless a module says otherwise: fast polls and preflight retries,
-# no metrics or health server (port 0), a trainer image that is never pulled.
+# no metrics or health server (port 0), a trainer image that is never pulled, and the admin policy's
+# defaults except that endpoints on 127.0.0.1 are allowed by name -- SeaweedFS and the tests' misbehaving
+# endpoints listen there, as an admin allows an in-cluster MinIO.
 OPERATOR_DEFAULTS: dict[str, Any] = {
     "poll_seconds": 0.5,
     "metrics_port": 0,
@@ -36,6 +40,7 @@ OPERATOR_DEFAULTS: dict[str, Any] = {
     "preflight_backoff_seconds": 0.5,
     "preflight_backoff_max_seconds": 2,
     "trainer_image": "cpt-trainer:test",
+    "policy": {"storage": {"privateEndpoints": ["127.0.0.1:*"]}},
 }
 
 
@@ -56,6 +61,19 @@ def s3_env(s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> SeaweedS3:
     for key, value in s3.env().items():
         monkeypatch.setenv(key, value)
     return s3
+
+
+@pytest.fixture
+def verbatim_s3(s3_env: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> Iterator[VerbatimS3]:
+    """The S3 server behind a front that keeps every key verbatim, as AWS S3 does (SeaweedFS refuses `.` and
+    `..` segments and collapses `//`; tests/support/verbatim_s3.py), with this process's environment pointing
+    at the front. `plant(key, data)` stores a key that SeaweedFS would not keep."""
+    front = VerbatimS3(s3_env.port, s3_env.bucket).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", front.endpoint)
+    try:
+        yield front
+    finally:
+        front.stop()
 
 
 @pytest.fixture(scope="module")

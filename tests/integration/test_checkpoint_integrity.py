@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 from cpt_core.api.v1alpha1 import CPTJobSpec
 from cpt_core.contract import layout
-from cpt_core.storage import Storage
+from cpt_core.storage import Storage, parse_uri
 from cpt_trainer.data import prepare
 
 from devkit.jobs import tiny_job
 from tests.support.faults import Faults, InjectedFault
+from tests.support.hostile_files import rewrite_checkpoint
 from tests.support.multiproc import run_trainers
 from tests.support.trainer_runs import TrainerFactory, read_progress
 
@@ -151,6 +152,34 @@ def test_checkpoints_written_before_manifests_still_resume_and_are_checked(
     resumed = trainer_factory(spec_for(run), attempt=2)
     assert resumed.step == 4
     assert resumed.fit().losses[5] == pytest.approx(reference[1][5], abs=1e-6)
+
+
+def test_a_rank_state_of_an_older_version_resumes_without_restoring_the_random_generators(
+    reference: tuple[Path, dict[int, float]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    trainer_factory: TrainerFactory,
+) -> None:
+    """Not a failed resume: versions before weights_only loads pickled numpy's state, which no longer loads."""
+    import io
+    import random
+
+    import numpy as np
+    import torch
+
+    run = crashed_after_step_7(reference, tmp_path)
+    older = io.BytesIO()
+    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    torch.save({"rng": rng}, older)
+    rewrite_checkpoint(Storage(), parse_uri(str(run / "step-00000006")), {layout.rank_state(0): older.getvalue()})
+
+    resumed = trainer_factory(spec_for(run), attempt=2)
+    assert resumed.step == 6
+    warning = next(r.getMessage() for r in caplog.records if "random generators" in r.getMessage())
+    assert layout.rank_state(0) in warning and "numpy" in warning
+    outcome = resumed.fit()
+    for step in range(7, 9):  # the tiny model has no dropout: the generators do not change its losses
+        assert outcome.losses[step] == pytest.approx(reference[1][step], abs=1e-6), step
 
 
 def test_replayed_steps_are_reported_once(tmp_path: Path, trainer_factory: TrainerFactory) -> None:

@@ -97,6 +97,10 @@ def test_cptjob_trains_to_success_through_the_operator(
     assert _exists(s3, "runs/tiny-e2e/final/model.safetensors")
     assert {s["name"] for s in st["data"]["sources"]} == {"veloria", "general"}
     assert st["restarts"] == 0 and st["attempt"] == 1
+    # It trained on a Ray cluster with token authentication, the job's own token as KubeRay hands it out.
+    rayjob = cluster.get(RAYJOBS, "ml", "tiny-e2e-a1")
+    assert rayjob["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token", "secretName": "tiny-e2e-ray-auth"}
+    assert standin.runs["tiny-e2e-a1"].auth_mode == "token"
 
 
 def test_failed_attempt_resumes_from_its_checkpoint(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,89 @@ def test_access_key_in_a_uri_is_rejected(doc: dict[str, Any]) -> None:
     report = validate(doc)
     assert not report.ok
     assert "AKIAIOSFODNN7EXAMPLE" not in "\n".join(map(str, report.errors))
+
+
+PASSWORD = "hunter2-not-for-your-eyes"
+KI_EXAMPLE = "knowledge-instruct-smollm2.yaml"  # has a synthesised source (sources[1])
+
+# Every URI field of the API, with a URI that carries `user:password@` -- and where in the example it goes.
+URI_FIELDS = [
+    ("local-tiny.yaml", "spec.model.source", f"hf://me:{PASSWORD}@HuggingFaceTB/SmolLM2-135M"),
+    ("local-tiny.yaml", "spec.model.tokenizer", f"s3://key:{PASSWORD}@models/tok/"),
+    ("local-tiny.yaml", "spec.model.mirror", f"s3://key:{PASSWORD}@mirror/hf/"),
+    ("local-tiny.yaml", "spec.data.sources.0.uris", [f"s3://key:{PASSWORD}@corpora/legal/"]),
+    ("local-tiny.yaml", "spec.data.cacheUri", f"file://me:{PASSWORD}@host/cache/"),
+    ("local-tiny.yaml", "spec.checkpoint.uri", f"s3://key:{PASSWORD}@cpt-runs/run/"),
+    ("local-tiny.yaml", "spec.evaluation.probes", f"s3://key:{PASSWORD}@cpt-runs/probes.jsonl"),
+    ("local-tiny.yaml", "spec.evaluation.instructionFollowing", {"prompts": f"s3://k:{PASSWORD}@b-1/p.jsonl"}),
+    ("local-tiny.yaml", "spec.storage", {"endpoint": f"https://key:{PASSWORD}@minio.example.com"}),
+    ("local-tiny.yaml", "spec.tracking", {"mlflow": {"trackingUri": f"https://me:{PASSWORD}@mlflow.example.com"}}),
+    (KI_EXAMPLE, "spec.data.sources.1.synthesize.output", f"s3://key:{PASSWORD}@cpt-runs/qa/"),
+    (KI_EXAMPLE, "spec.data.sources.1.synthesize.generator", {"kind": "model", "model": f"hf://{PASSWORD}@org/m"}),
+]
+
+
+def _field_of(path: str, value: Any) -> str:
+    """The wire path of the URI that `value` (set at `path`) puts in the spec."""
+    field = re.sub(r"\.(\d+)", r"[\1]", path)
+    if isinstance(value, list):
+        return field + "[0]"
+    while isinstance(value, dict):
+        key, value = next((k, v) for k, v in value.items() if k != "kind")
+        field += f".{key}"
+    return field
+
+
+@pytest.mark.parametrize(("example", "path", "value"), URI_FIELDS, ids=[f[1] for f in URI_FIELDS])
+def test_credentials_in_any_uri_are_refused_without_showing_them(example: str, path: str, value: Any) -> None:
+    doc = yaml.safe_load((ROOT / "examples" / example).read_text())
+    _set(path, value)(doc)
+    report = validate(doc)
+    assert not report.ok
+    field = _field_of(path, value)
+    refusals = [e for e in report.errors if e.path == field]
+    assert refusals, [str(e) for e in report.errors]
+    assert "credentials must not be embedded in" in refusals[0].message
+    assert "put them in a Kubernetes Secret and set spec." in refusals[0].message
+    assert PASSWORD not in "\n".join(map(str, report.errors))
+    # The operator's view of an object the API server admitted: the models alone say the same.
+    server = validate(doc, server_checked=True)
+    assert server.job is None and PASSWORD not in "\n".join(map(str, server.errors))
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("spec.tracking", {"mlflow": {"trackingUri": f"ftp://me:{PASSWORD}@mlflow.example.com"}}),
+        ("spec.model.mirror", f"https://me:{PASSWORD}@mirror.example.com/hf/"),
+        ("spec.model.source", f"gs://key:{PASSWORD}@bucket/model/"),
+        ("spec.checkpoint.uri", f"s3://key:{PASSWORD}@cpt-runs/" + "x" * 1100),
+        ("spec.storage", {"endpoint": f"ftp://key:{PASSWORD}@minio:9000"}),
+        ("spec.data.sources.0.uris", f"s3://key:{PASSWORD}@corpora/legal/"),  # not even a list
+    ],
+    ids=lambda v: str(v)[:24],
+)
+def test_a_uri_refused_for_another_reason_does_not_show_its_credentials(
+    doc: dict[str, Any], path: str, value: Any
+) -> None:
+    _set(path, value)(doc)
+    for report in (validate(doc), validate(doc, server_checked=True)):
+        assert not report.ok
+        assert PASSWORD not in "\n".join(map(str, report.errors))
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("spec.data.sources.0.uris", ["s3://corpora/users/me@example.com/"]),  # an '@' in a key, not a user
+        ("spec.checkpoint.uri", "runs/me@laptop/"),  # a plain local path
+        ("spec.tracking", {"mlflow": {"trackingUri": "https://mlflow.example.com/?user=a@b"}}),
+    ],
+)
+def test_an_at_sign_that_is_not_a_user_is_accepted(doc: dict[str, Any], path: str, value: Any) -> None:
+    _set(path, value)(doc)
+    report = validate(doc)
+    assert report.ok, [str(e) for e in report.errors]
 
 
 def test_valid_example_parses_with_defaults(doc: dict[str, Any]) -> None:

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from cpt_core.contract.names import QUEUE_LABEL
 from cpt_core.validation.validate import parse_job
-from cpt_operator.controller.build.manifests import build_configmap, build_rayjob, dump_yaml
+from cpt_operator.controller.build.access import build_auth_secret, build_network_policy
+from cpt_operator.controller.build.manifests import RayAuthMode, build_configmap, build_rayjob, dump_yaml
 from cpt_operator.controller.build.names import RAYJOB_NAME_MAX, configmap_name, is_dns1035, rayjob_name
 from cpt_operator.controller.settings import OperatorSettings
 
@@ -39,16 +40,23 @@ def check_snapshot(name: str, objects: list[dict[str, Any]]) -> None:
 
 @pytest.mark.parametrize("example", ["gpu-8b-instruct.yaml", "local-tiny.yaml", "cluster-overrides.yaml"])
 def test_rendered_objects_match_snapshots(example: str) -> None:
+    """What the operator creates for attempt 1 on KubeRay v1.7.0, in order (the token is a fixed stand-in)."""
     j = job(example)
-    check_snapshot(example.replace(".yaml", ".rendered.yaml"), [build_configmap(j), build_rayjob(j, 1, SETTINGS)])
+    objects = [
+        build_configmap(j),
+        build_auth_secret(j, "snapshot-token"),
+        build_network_policy(j, 1, SETTINGS),
+        build_rayjob(j, 1, SETTINGS, auth="token-secret"),
+    ]
+    check_snapshot(example.replace(".yaml", ".rendered.yaml"), objects)
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")))
 @pytest.mark.parametrize("attempt", [1, 7])
-def test_every_built_rayjob_is_valid_against_kuberay_v1_7_0(example: str, attempt: int) -> None:
-    errors = sorted(
-        jsonschema.Draft4Validator(rayjob_schema()).iter_errors(build_rayjob(job(example), attempt, SETTINGS)), key=str
-    )
+@pytest.mark.parametrize("auth", ["token-secret", "token", "off"])
+def test_every_built_rayjob_is_valid_against_kuberay_v1_7_0(example: str, attempt: int, auth: RayAuthMode) -> None:
+    rayjob = build_rayjob(job(example), attempt, SETTINGS, auth=auth)
+    errors = sorted(jsonschema.Draft4Validator(rayjob_schema()).iter_errors(rayjob), key=str)
     assert errors == [], [f"{list(e.absolute_path)}: {e.message}" for e in errors]
 
 
@@ -130,19 +138,36 @@ def test_long_names_get_distinct_hashes() -> None:
     assert a != b and len(a) == len(b) <= RAYJOB_NAME_MAX
 
 
-def test_cpt_render_prints_both_objects(tmp_path: Path) -> None:
+def _render(*args: str, **env: str) -> list[dict[str, Any]]:
     import subprocess
     import sys
 
     out = subprocess.run(
-        [sys.executable, "-m", "cpt_core.cli", "render", str(ROOT / "examples" / "local-tiny.yaml")],
+        [sys.executable, "-m", "cpt_core.cli", "render", *args, str(ROOT / "examples" / "local-tiny.yaml")],
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, **env},
     )
-    docs = list(yaml.safe_load_all(out.stdout))
-    assert [d["kind"] for d in docs] == ["ConfigMap", "RayJob"]
-    assert docs[1]["metadata"]["namespace"] == "default" and "ownerReferences" not in docs[1]["metadata"]
+    return list(yaml.safe_load_all(out.stdout))
+
+
+def test_cpt_render_prints_every_object() -> None:
+    docs = _render()
+    assert [d["kind"] for d in docs] == ["ConfigMap", "NetworkPolicy", "RayJob"]
+    assert all(d["metadata"]["namespace"] == "default" and "ownerReferences" not in d["metadata"] for d in docs)
+    # Standalone, nobody reads KubeRay's CRD: KubeRay makes the token (1.5.1+), so no Secret is printed.
+    assert docs[2]["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token"}
+
+
+def test_cpt_render_follows_the_operators_ray_auth_setting() -> None:
+    docs = _render(CPT_OPERATOR_KUBERAY_AUTH="token-secret", CPT_OPERATOR_NETWORK_POLICY="false")
+    assert [d["kind"] for d in docs] == ["ConfigMap", "Secret", "RayJob"]
+    secret, rayjob = docs[1], docs[2]
+    assert rayjob["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token", "secretName": "local-tiny-ray-auth"}
+    assert secret["metadata"]["name"] == "local-tiny-ray-auth" and len(secret["data"]["auth_token"]) > 40
+    off = _render(CPT_OPERATOR_KUBERAY_AUTH="off")
+    assert "authOptions" not in off[-1]["spec"]["rayClusterSpec"]
 
 
 def test_tracking_secrets_reach_the_ray_pods_by_reference() -> None:

@@ -78,17 +78,66 @@ def test_operator_deployment_is_locked_down() -> None:
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["port"] == "health"
-    assert container["args"][:2] == ["operator", "--all-namespaces"]
+    assert container["args"][:2] == ["operator", "--namespace=cpt-system"]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["CPT_OPERATOR_TRAINER_IMAGE"] == "ghcr.io/cpt-operator/cpt-trainer:0.1.0"
 
 
+def calls(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {(g, res, v) for r in rules for g in r["apiGroups"] for res in r["resources"] for v in r["verbs"]}
+
+
+# The only cluster-scoped permissions of a namespaced install: following the watched namespaces and reading
+# KubeRay's RayJob CRD (which auth mode its version supports).
+READ_RAYJOB_CRD = {
+    "apiGroups": ["apiextensions.k8s.io"],
+    "resources": ["customresourcedefinitions"],
+    "resourceNames": ["rayjobs.ray.io"],
+    "verbs": ["get"],
+}
+CLUSTER_SCOPED_ONLY = [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}, READ_RAYJOB_CRD]
+CLUSTER_SCOPED_CALLS = {("", "namespaces", "list"), ("", "namespaces", "watch")} | calls([READ_RAYJOB_CRD])
+
+
 def test_rbac_grants_exactly_what_the_operator_calls() -> None:
-    rules = [r for doc in by_kind(render())["ClusterRole"] for r in doc["rules"]]
-    granted_calls = {(g, res, v) for r in rules for g in r["apiGroups"] for res in r["resources"] for v in r["verbs"]}
-    assert granted_calls == API_CALLS
-    assert not any("*" in str(r) for r in rules)
-    assert {v for g, res, v in granted_calls if res == "secrets"} == {"get"}
+    for values in ((), ("clusterWide=true",), ("watchNamespaces={ml-team}",)):
+        docs = by_kind(render(set_values=values))
+        rules = [r for kind in ("ClusterRole", "Role") for doc in docs.get(kind, []) for r in doc["rules"]]
+        assert calls(rules) == API_CALLS, values
+        assert not any("*" in str(r) for r in rules)
+        # Secrets: read what a job names, create its Ray token; never list, update or delete one.
+        assert {v for g, res, v in calls(rules) if res == "secrets"} == {"get", "create"}
+        # CRDs: only reading KubeRay's RayJob CRD.
+        assert [r for r in rules if "customresourcedefinitions" in r["resources"]] == [READ_RAYJOB_CRD], values
+
+
+def test_a_default_install_manages_only_its_own_namespace() -> None:
+    """Without watchNamespaces the operator may touch Secrets, ConfigMaps and pod logs of its release namespace
+    only -- never of kube-system or a tenant's namespace -- and watches only that namespace."""
+    docs = by_kind(render(namespace="cpt-system"))
+    [role], [binding] = docs["Role"], docs["RoleBinding"]
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "cpt-system"
+    assert calls(role["rules"]) | CLUSTER_SCOPED_CALLS == API_CALLS
+    [cluster_role] = docs["ClusterRole"]
+    assert cluster_role["rules"] == CLUSTER_SCOPED_ONLY
+    args = docs["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=cpt-system" in args and "--all-namespaces" not in args
+    elsewhere = by_kind(render(namespace="ml-platform"))
+    assert [r["metadata"]["namespace"] for r in elsewhere["Role"]] == ["ml-platform"]
+
+
+def test_cluster_wide_rbac_is_an_explicit_opt_in() -> None:
+    docs = by_kind(render(CHART / "ci" / "cluster-wide-values.yaml"))
+    assert "Role" not in docs and "RoleBinding" not in docs
+    [cluster_role] = docs["ClusterRole"]
+    assert calls(cluster_role["rules"]) == API_CALLS
+    [binding] = docs["ClusterRoleBinding"]
+    assert binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
+    args = docs["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--all-namespaces" in args and not any(a.startswith("--namespace") for a in args)
+    both = helm("template", "x", str(CHART), "--set", "clusterWide=true", "--set", "watchNamespaces={a}", check=False)
+    assert both.returncode != 0
+    assert "clusterWide: true manages every namespace; leave watchNamespaces empty" in both.stderr, both.stderr
 
 
 def test_namespaced_mode_uses_roles() -> None:
@@ -96,13 +145,14 @@ def test_namespaced_mode_uses_roles() -> None:
     roles = docs["Role"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-team", "research"]
     assert sorted(b["metadata"]["namespace"] for b in docs["RoleBinding"]) == ["ml-team", "research"]
-    # The only cluster-scoped permission left: following the watched namespaces.
+    # The only cluster-scoped permissions left: following the watched namespaces, reading KubeRay's RayJob CRD.
     [cluster_role] = docs["ClusterRole"]
-    assert cluster_role["rules"] == [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}]
+    assert cluster_role["rules"] == CLUSTER_SCOPED_ONLY
     args = docs["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=ml-team" in args and "--namespace=research" in args and "--all-namespaces" not in args
+    assert "--namespace=cpt-system" not in args  # exactly the listed namespaces, not the release one too
     allowed = granted(cluster_wide=False, namespace="research")
-    assert all(allowed(call) for call in API_CALLS if call[1] != "namespaces")
+    assert all(allowed(call) for call in API_CALLS if call[1] not in ("namespaces", "customresourcedefinitions"))
 
 
 def test_servicemonitor_only_when_enabled() -> None:
@@ -122,6 +172,10 @@ def test_servicemonitor_only_when_enabled() -> None:
         ("image.pullPolicy=Sometimes", "image.pullPolicy"),
         ("crds.keep=maybe", "crds.keep: Invalid type"),
         ("watchNamespaces={Bad_NS}", "watchNamespaces.0"),
+        ("clusterWide=maybe", "clusterWide: Invalid type"),
+        ("operator.kuberayAuth=maybe", "operator.kuberayAuth"),
+        ("networkPolicy.enabled=yes please", "networkPolicy.enabled"),
+        ("networkPolicy.extraIngress[0].to[0].podSelector.x=y", "networkPolicy.extraIngress.0"),
     ],
 )
 def test_invalid_values_are_rejected_by_the_schema(setting: str, message: str) -> None:
@@ -172,10 +226,20 @@ def test_notes_explain_the_prerequisite_and_first_job(tmp_path: Path) -> None:
     (chart / "templates" / "notes.yaml").write_text(
         'notes: |\n{{ tpl (.Files.Get "notes-source.txt") . | indent 2 }}\n'
     )
-    notes = yaml.safe_load(helm("template", "cpt", str(chart), "--show-only", "templates/notes.yaml").stdout)["notes"]
-    assert "helm install kuberay-operator kuberay/kuberay-operator --version 1.7.0" in notes
-    assert "kubectl -n ml-team create secret generic s3-credentials" in notes
-    assert "cluster-wide RBAC" in notes
+
+    def notes(*values: str) -> str:
+        args = ["template", "cpt", str(chart), "-n", "cpt-system", "--show-only", "templates/notes.yaml"]
+        for value in values:
+            args += ["--set", value]
+        return str(yaml.safe_load(helm(*args).stdout)["notes"])
+
+    default = notes()
+    assert "helm install kuberay-operator kuberay/kuberay-operator --version 1.7.0" in default
+    assert "kubectl -n cpt-system create secret generic s3-credentials" in default
+    assert "namespace-scoped RBAC: CPTJobs are managed in cpt-system only" in default
+    assert "cluster-wide" not in default
+    assert "kubectl -n ml-team create secret generic s3-credentials" in notes("watchNamespaces={ml-team}")
+    assert "cluster-wide RBAC (clusterWide=true)" in notes("clusterWide=true")
 
 
 def test_chart_version_matches_the_package() -> None:

@@ -111,6 +111,7 @@ def test_render_json_is_a_list_and_n_sets_the_namespace() -> None:
     assert rendered["kind"] == "List"
     assert [(o["kind"], o["metadata"]["namespace"]) for o in rendered["items"]] == [
         ("ConfigMap", "ml-team"),
+        ("NetworkPolicy", "ml-team"),
         ("RayJob", "ml-team"),
     ]
     assert "skipped Secret 's3-credentials'" in result.stderr

@@ -237,7 +237,14 @@ PYDANTIC_CHECKS_IN_CEL = [
     ("spec.data.cacheUri", "s3://ab/cache/", "not a valid S3 bucket name"),
     ("spec.data.sources.0.uris", ["gs://corpora/legal/"], "unsupported URI scheme"),
     ("spec.checkpoint.uri", "http://host/run/", "unsupported URI scheme"),
-    ("spec.checkpoint.uri", "s3://user:pw@bucket/run/", "not a valid S3 bucket name"),
+    ("spec.checkpoint.uri", "s3://user:pw@bucket/run/", "credentials must not be embedded in a URI"),
+    ("spec.model.source", "hf://user:pw@org/model", "credentials must not be embedded in a URI"),
+    ("spec.model.mirror", "s3://key:pw@models/hf/", "credentials must not be embedded in a URI"),
+    ("spec.data.cacheUri", "file://me:pw@host/cache/", "credentials must not be embedded in a URI"),
+    ("spec.data.sources.0.uris", ["s3://key:pw@corpora/legal/"], "credentials must not be embedded in a URI"),
+    ("spec.evaluation.probes", "s3://key:pw@cpt-runs/p.jsonl", "credentials must not be embedded in a URI"),
+    ("spec.evaluation.instructionFollowing.prompts", "s3://k:pw@cpt-runs/p.jsonl", "credentials must not be embedded"),
+    ("spec.tracking.mlflow.trackingUri", "https://me:pw@mlflow:5000", "credentials must not be embedded in the"),
     ("spec.evaluation.probes", "https://host/probes.jsonl", "unsupported URI scheme"),
     ("metadata.name", "legal.cpt", "must be a lowercase DNS label"),
     ("spec.model.mirror", "https://mirror/hf/", "must be an s3:// prefix"),
@@ -277,6 +284,8 @@ def test_cel_rejects_lora_with_zero_stage_3(job: dict[str, Any]) -> None:
         ("spec.data.sources.0.uris", ["file:///data/legal/", "relative/dir/", "s3://corpora/legal/"]),
         ("spec.evaluation.probes", "s3://cpt-runs/probes.jsonl"),
         ("spec.model.mirror", "s3://models/hf/"),
+        ("spec.data.sources.0.uris", ["s3://corpora/users/me@example.com/", "/data/me@laptop/"]),
+        ("spec.tracking.mlflow.trackingUri", "https://mlflow.example.com/?user=a@b"),
     ],
 )
 def test_cel_accepts_what_the_models_accept(job: dict[str, Any], path: str, value: Any) -> None:
@@ -285,3 +294,43 @@ def test_cel_accepts_what_the_models_accept(job: dict[str, Any], path: str, valu
     good = _set(copy.deepcopy(job), path, value)
     assert _messages(good) == []
     assert validate(good).ok, validate(good).errors
+
+
+def test_every_uri_field_refuses_credentials_in_cel() -> None:
+    """Each URI field of the API (the `URI` type, the endpoint and the tracking URI) carries the models' refusal of
+    `user:password@`, so `kubectl apply` refuses it before the object is stored for anyone to read."""
+    from cpt_core.api.v1alpha1.base import URI, USERINFO
+
+    uri_length = next(m.max_length for m in URI.__metadata__ if hasattr(m, "max_length"))
+    urls = (".spec.storage.endpoint", ".spec.tracking.mlflow.trackingUri")
+    fields = [
+        path
+        for path, node in _walk(openapi_schema())
+        if path.startswith(".spec.")
+        and node.get("type") == "string"
+        and (node.get("maxLength") == uri_length or path in urls)
+    ]
+    assert len(fields) >= 12, fields
+    for path, node in _walk(openapi_schema()):
+        if path in fields:
+            rules = [r["rule"] for r in node.get("x-kubernetes-validations", [])]
+            assert f"!self.matches('{USERINFO}')" in rules, path
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("spec.data.sources.1.synthesize.output", "s3://key:pw@cpt-runs/qa/"),
+        ("spec.data.sources.1.synthesize.generator", {"kind": "model", "model": "hf://token@org/generator"}),
+    ],
+)
+def test_cel_refuses_credentials_in_a_synthesised_source(path: str, value: Any) -> None:
+    from cpt_core.validation.validate import validate
+
+    doc = yaml.safe_load((ROOT / "examples" / "knowledge-instruct-smollm2.yaml").read_text())
+    assert _messages(doc) == [] and validate(doc).ok
+    bad = _set(doc, path, value)
+    cel = _messages(bad)
+    assert len(cel) == 1 and "credentials must not be embedded in a URI" in cel[0], cel
+    assert cel[0].startswith("spec.data.sources[1].synthesize."), cel
+    assert validate(bad, server_checked=True).job is None

@@ -89,6 +89,79 @@ def test_a_mirrored_hub_model_is_still_the_base_model(tmp_path: Path) -> None:
     assert ModelCard.load(tmp_path / "README.md").data.to_dict()["base_model"] == "HuggingFaceTB/SmolLM2-135M"
 
 
+PRIVATE_DOC = {
+    "model": {"source": "s3://acme-private-models/base/llama-8b/", "kind": "base"},
+    "sources": ["s3://acme-legal-corpus/contracts/", "/mnt/acme/general/"],  # progressive-tiny has two sources
+}
+
+
+def private_job_doc(**push: Any) -> dict[str, Any]:
+    """A job whose starting model and data live in private places, pushed to the Hub with `push`."""
+    doc = job_doc(push={"repo": "acme/legal-8b", "tokenSecret": "hub-token", **push})
+    doc["spec"]["model"]["source"] = PRIVATE_DOC["model"]["source"]
+    sources = doc["spec"]["data"]["sources"]
+    for source, uri in zip(sources, PRIVATE_DOC["sources"], strict=True):
+        source["uris"] = [uri]
+    return doc
+
+
+def named_locations(text: str) -> list[str]:
+    words = ("acme-private-models", "acme-legal-corpus", "/mnt/acme", "s3://", "file://")
+    return [word for word in words if word in text]
+
+
+def test_the_card_pushed_to_the_hub_names_no_private_location(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`final/README.md` names the buckets and paths the model and data came from; the card uploaded to the Hub
+    (what `_push` puts in the folder it uploads) names none of them, only that they are private."""
+    from cpt_trainer.export.huggingface import _push
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("CPT_HUB_PUSH_TOKEN", raising=False)  # the upload fails at once, offline: no token
+    job = parse_job(private_job_doc())
+    final = written_card(tmp_path, private_job_doc())
+    assert named_locations(final.text)[:3] == ["acme-private-models", "acme-legal-corpus", "/mnt/acme"]
+    assert final.data.to_dict()["datasets"]
+
+    out = tmp_path / "export"
+    out.mkdir()
+    model_card(job.spec, job.metadata.name, SUMMARY).save(out / "README.md")  # as export_model writes it
+    outcome = _push(out, job.spec, job.metadata.name, SUMMARY, None)
+    assert "no Hub token" in outcome["error"]
+    pushed = ModelCard.load(out / "README.md")
+    assert named_locations(pushed.text) == [], pushed.text
+    assert "datasets" not in pushed.data.to_dict()
+    assert "Continued pre-training of a model in a private location" in pushed.text
+    assert "| veloria | domain | 70.0 % | 80.0 % | 90.0 % | (private) |" in pushed.text
+    # The rest of the card is the same: recipe and evaluation.
+    assert "163,840 tokens in all" in pushed.text and "| 3.2000 | 2.5000 | -0.7000 |" in pushed.text
+
+
+def test_a_hub_base_model_stays_named_in_the_pushed_card(tmp_path: Path) -> None:
+    doc = private_job_doc()
+    doc["spec"]["model"].update(source="hf://HuggingFaceTB/SmolLM2-135M", mirror="s3://acme-private-models/hf/")
+    job = parse_job(doc)
+    resolved = job.spec.resolved()  # the trainer's spec: the source reads from the private mirror
+    model_card(resolved, job.metadata.name, SUMMARY, locations=False).save(tmp_path / "README.md")
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.to_dict()["base_model"] == "HuggingFaceTB/SmolLM2-135M"
+    assert "Continued pre-training of `hf://HuggingFaceTB/SmolLM2-135M`" in card.text
+    assert named_locations(card.text) == []
+
+
+def test_include_locations_puts_them_in_the_pushed_card(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cpt_trainer.export.huggingface import _push
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("CPT_HUB_PUSH_TOKEN", raising=False)
+    job = parse_job(private_job_doc(includeLocations=True))
+    out = tmp_path / "export"
+    out.mkdir()
+    model_card(job.spec, job.metadata.name, SUMMARY).save(out / "README.md")
+    _push(out, job.spec, job.metadata.name, SUMMARY, None)
+    assert "acme-legal-corpus" in ModelCard.load(out / "README.md").text
+    assert parse_job(private_job_doc()).spec.checkpoint.export.push.include_locations is False  # type: ignore[union-attr]
+
+
 def test_card_evaluation_table(tmp_path: Path) -> None:
     card = written_card(tmp_path, job_doc())
     rows = {line.split("|")[1].strip(): line for line in card.text.splitlines() if line.startswith("| ")}

@@ -167,8 +167,12 @@ def test_pod_and_container_security_context() -> None:
     container_context = {"capabilities": {"add": ["IPC_LOCK"]}, "allowPrivilegeEscalation": False}
     rayjob = render({"securityContext": pod_context, "containerSecurityContext": container_context})
     for pod in pods(rayjob).values():
-        assert pod["spec"]["securityContext"] == pod_context
-        assert pod["spec"]["containers"][0]["securityContext"] == container_context
+        assert pod["spec"]["securityContext"] == pod_context  # merged over the operator's (the same two keys)
+        # Key by key over the operator's restricted context: the added capability keeps `drop: [ALL]`.
+        assert pod["spec"]["containers"][0]["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"], "add": ["IPC_LOCK"]},
+        }
 
 
 def test_extra_resources_are_requested_and_limited_beside_the_gpus() -> None:

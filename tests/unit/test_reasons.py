@@ -14,6 +14,7 @@ def test_terminal_reasons_are_the_ones_no_restart_can_fix() -> None:
         "ResumeMismatch",
         "CheckpointOwnedByAnotherJob",
         "InvalidSpec",
+        "RefusedByPolicy",
         "CheckpointUnloadable",
         "CacheDamaged",
         "ForgettingDetected",

@@ -52,6 +52,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
+{{/* The namespaces the operator watches when it is not cluster-wide, as a JSON list: watchNamespaces, else
+     the release namespace alone. clusterWide and watchNamespaces exclude each other. */}}
+{{- define "cpt-operator.watchedNamespaces" -}}
+{{- if and .Values.clusterWide .Values.watchNamespaces -}}
+{{- fail "clusterWide: true manages every namespace; leave watchNamespaces empty (or set clusterWide: false)" -}}
+{{- end -}}
+{{- toJson (.Values.watchNamespaces | default (list .Release.Namespace)) -}}
+{{- end -}}
+
 {{/* The RBAC rules for CPTJobs and their children: exactly the calls the operator makes
      (cpt_operator.controller.io.kube.API_CALLS; a test keeps them in sync). */}}
 {{- define "cpt-operator.rules" -}}
@@ -69,10 +78,32 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: ["get", "create", "update"]
 - apiGroups: [""]
   resources: ["secrets"]
+  {{- if has .Values.operator.kuberayAuth (list "auto" "token-secret") }}
+  # get: the Secrets a job names (preflight); create: the job's Ray token (a Secret it owns, never updated)
+  verbs: ["get", "create"]
+  {{- else }}
   verbs: ["get"]
+  {{- end }}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if .Values.networkPolicy.enabled }}
+# The job's NetworkPolicy: created with its first attempt, updated to admit each attempt's submitter.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create", "update"]
+{{- end }}
+{{- end -}}
+
+{{/* Reading KubeRay's RayJob CRD, this one only, to learn whether it supports authOptions (kuberayAuth: auto).
+     Cluster-scoped: in a ClusterRole in both modes. */}}
+{{- define "cpt-operator.crdRules" -}}
+{{- if eq .Values.operator.kuberayAuth "auto" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  resourceNames: ["rayjobs.ray.io"]
+  verbs: ["get"]
+{{- end }}
 {{- end -}}
 
 {{/* Comma-separated names of a list of imagePullSecrets ([{name: a}, {name: b}] -> "a,b"). */}}

@@ -40,8 +40,11 @@ def quiet_logging_level() -> int:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """One line on stderr, then exit: what every command does on an error it understands."""
-    click.echo(f"error: {message}", err=True)
+    """One line on stderr, then exit: what every command does on an error it understands. The message may quote
+    a server or a file, so its control sequences are stripped (cpt_core.cli.terminal)."""
+    from cpt_core.cli.terminal import terminal_safe
+
+    click.echo(f"error: {terminal_safe(message)}", err=True)
     sys.exit(code)
 
 

@@ -22,6 +22,8 @@ CPTJOBS = (GROUP, VERSION, PLURAL)
 RAYJOBS = ("ray.io", "v1", "rayjobs")
 RAYJOB_API_VERSION = f"{RAYJOBS[0]}/{RAYJOBS[1]}"
 RAYJOB_KIND = "RayJob"
+#: The CustomResourceDefinition of RayJobs: its schema tells what the installed KubeRay supports.
+RAYJOB_CRD = f"{RAYJOBS[2]}.{RAYJOBS[0]}"
 
 # -- labels and annotations ------------------------------------------------------------------------
 
@@ -44,6 +46,21 @@ RAY_NODE_TYPE_LABEL = "ray.io/node-type"
 RAY_LABEL_PREFIX = "ray.io/"
 SUBMITTER_JOB_LABEL = "batch.kubernetes.io/job-name"
 SUBMITTER_JOB_LABEL_LEGACY = "job-name"
+#: The label every Namespace carries with its own name (Kubernetes 1.21+); NetworkPolicies select by it.
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+# -- Ray's authentication, as KubeRay sets it up (rayClusterSpec.authOptions) ----------------------
+
+#: The key of a token Secret (authOptions.secretName) that KubeRay reads the Ray cluster's token from.
+RAY_AUTH_TOKEN_KEY = "auth_token"
+#: Variables KubeRay gives every Ray container and the submitter when authOptions.mode is token. KubeRay keeps a
+#: value already in the pod template, so nothing the operator builds (or a pod override) may set RAY_AUTH_*.
+RAY_AUTH_ENV_PREFIX = "RAY_AUTH_"
+RAY_AUTH_MODE_ENV = f"{RAY_AUTH_ENV_PREFIX}MODE"
+RAY_AUTH_TOKEN_ENV = f"{RAY_AUTH_ENV_PREFIX}TOKEN"
+RAY_K8S_TOKEN_AUTH_ENV = "RAY_ENABLE_K8S_TOKEN_AUTH"
+#: The Ray head's dashboard port (KubeRay's default): job submission, and KubeRay's polls of a job's status.
+RAY_DASHBOARD_PORT = 8265
 
 # -- the Ray pods' environment ---------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ class ConditionType(str, Enum):
     ForgettingDetected = "ForgettingDetected"
     ProbesPassed = "ProbesPassed"
     ProgressIgnored = "ProgressIgnored"
+    RayAuth = "RayAuth"
     Succeeded = "Succeeded"
     Failed = "Failed"
 
@@ -34,6 +35,8 @@ CONDITIONS: dict[ConditionType, str] = {
     ConditionType.ForgettingDetected: "a forgetting signal passed its limit (evaluation.forgetting)",
     ConditionType.ProbesPassed: "the latest probe F1 reaches evaluation.probeTargetF1 (only with a target)",
     ConditionType.ProgressIgnored: "the progress file was not taken into the status (damaged, foreign or unreadable)",
+    ConditionType.RayAuth: "the Ray cluster of the latest attempt requires a token (KubeRay's authOptions); False: it "
+    "runs without authentication",
     ConditionType.Succeeded: "training finished and the model was exported",
     ConditionType.Failed: "the job ended without success; the reason says why",
 }
@@ -177,6 +180,15 @@ class Reason(str, Enum):
         "(`cpt validate` says the same). A running attempt's RayJob is deleted, checkpoints are kept; correct the "
         "spec and the job resumes (event SpecCorrected).",
     )
+    RefusedByPolicy = (
+        "RefusedByPolicy",
+        True,
+        FAILED,
+        "the job asks for what the cluster's admin policy does not allow: the operator's own identity for storage "
+        "(no `spec.storage.credentialsSecret`), a storage endpoint, or a Ray pod setting (image, ServiceAccount, "
+        "Secret, volume, securityContext). The message names the field and the rule (docs/security.md); fix the "
+        "spec and apply it again: the job resumes (event SpecCorrected).",
+    )
     ForgettingDetected = (
         "ForgettingDetected",
         True,
@@ -269,9 +281,47 @@ class Reason(str, Enum):
         "ForeignObject",
         False,
         CLUSTER,
-        "a RayJob or ConfigMap with the name this job needs exists but is not owned by it (left by an earlier "
-        "CPTJob of the same name, or made by someone else). The operator neither adopts nor deletes it: delete "
-        "it (the message has the command). Retried with backoff.",
+        "a RayJob, ConfigMap, NetworkPolicy or token Secret with the name this job needs exists but is not owned by "
+        "it (left by an earlier CPTJob of the same name, or made by someone else). The operator neither adopts nor "
+        "deletes it: delete it (the message has the command). Retried with backoff.",
+    )
+    RayAuthSecretDamaged = (
+        "RayAuthSecretDamaged",
+        False,
+        CLUSTER,
+        "the Secret `<job>-ray-auth` that the operator made for the job's Ray token has no usable `auth_token` "
+        "(changed by hand); delete it and the operator makes a new one. Retried with backoff.",
+    )
+
+    # -- Ray's authentication (condition RayAuth), set when an attempt starts -----------------
+    TokenAuth = (
+        "TokenAuth",
+        False,
+        CONDITION,
+        "RayAuth=True: the attempt's Ray cluster requires a token: the job's own, in the Secret `<job>-ray-auth` the "
+        "operator owns (KubeRay 1.6+), or one KubeRay generates per Ray cluster (1.5.1+).",
+    )
+    RayAuthUnsupported = (
+        "RayAuthUnsupported",
+        False,
+        "warning; RayAuth=False",
+        "the installed KubeRay's RayJob CRD has no `rayClusterSpec.authOptions` (KubeRay before 1.5.1): the Ray "
+        "cluster runs without authentication, and only the job's NetworkPolicy keeps other pods out of it. "
+        "Upgrade KubeRay (1.6 or later).",
+    )
+    RayAuthUnverified = (
+        "RayAuthUnverified",
+        False,
+        "warning; RayAuth=Unknown",
+        "the operator could not read the `rayjobs.ray.io` CRD (the message says why) and asked for token "
+        "authentication anyway, which a KubeRay before 1.5.1 ignores. Grant the operator `get` on that CRD, or set "
+        "the chart's `operator.kuberayAuth` to what the installed KubeRay supports.",
+    )
+    RayAuthDisabled = (
+        "RayAuthDisabled",
+        False,
+        "RayAuth=False",
+        "the operator's setting `kuberayAuth` is `off`: the Ray cluster runs without authentication.",
     )
 
     # -- the progress file: ignored, never a phase change ------------------------------------
@@ -331,8 +381,8 @@ class Reason(str, Enum):
         "SpecCorrected",
         False,
         EVENT,
-        "a job that failed with InvalidSpec has a valid spec again; a new attempt resumes from the last committed "
-        "checkpoint.",
+        "a job that failed with InvalidSpec or RefusedByPolicy has a valid spec again; a new attempt resumes from "
+        "the last committed checkpoint.",
     )
     RecommendedPractice = (
         "RecommendedPractice",

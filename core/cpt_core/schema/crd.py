@@ -15,8 +15,16 @@ import copy
 from typing import Any
 
 from cpt_core.api import v1alpha1 as api
-from cpt_core.api.v1alpha1.base import DATA_SCHEMES, MODEL_SCHEMES
+from cpt_core.api.v1alpha1.base import (
+    DATA_SCHEMES,
+    MODEL_SCHEMES,
+    STORAGE_SECRET,
+    USERINFO,
+    embedded_credentials,
+    uri_credentials,
+)
 from cpt_core.api.v1alpha1.pods import structural
+from cpt_core.api.v1alpha1.tracking import MLFLOW_SECRET
 from cpt_core.contract import names
 
 # CEL rules, keyed by the dotted wire path of the node that carries them. Transition rules
@@ -26,8 +34,13 @@ from cpt_core.contract import names
 _IMMUTABLE = "is immutable: changing it would invalidate the job's checkpoints; create a new CPTJob instead"
 
 
+def _no_userinfo(path: str, message: str) -> dict[str, str]:
+    """The models' refusal of credentials in a URI (`base.USERINFO`) as CEL."""
+    return {"rule": f"!self.matches('{USERINFO}')", "message": f"{path}: {message}"}
+
+
 def _uri_rules(path: str, schemes: tuple[str, ...]) -> list[dict[str, str]]:
-    """The URI checks of the models (`v1alpha1._check_uri`) as CEL: allowed schemes, a valid bucket name."""
+    """The URI checks of the models (`base.check_uri`) as CEL: allowed schemes, no credentials, a valid bucket name."""
     allowed = "|".join(schemes)
     return [
         {
@@ -36,8 +49,11 @@ def _uri_rules(path: str, schemes: tuple[str, ...]) -> list[dict[str, str]]:
             + ", ".join(f"{s}://" for s in schemes)
             + " or a plain local path",
         },
+        _no_userinfo(path, uri_credentials(schemes)),
         {
-            "rule": "!self.startsWith('s3://') || self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$')",
+            # Credentials are the rule above's to name: one message for one problem.
+            "rule": f"!self.startsWith('s3://') || self.matches('{USERINFO}') || "
+            "self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$')",
             "message": f"{path}: not a valid S3 bucket name (s3://BUCKET/prefix; lowercase, no credentials)",
         },
     ]
@@ -60,6 +76,17 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
             "message": "metadata.name: must be a lowercase DNS label (a-z, 0-9, '-'; no dots): it names Ray pods "
             "and services",
             "_path": ".metadata.name",
+        },
+        {
+            # While an attempt runs, the operator and the Ray pods must use one storage: the run directory, its
+            # credentials and the endpoint the admin policy checked. Changing it takes a suspend (or its end).
+            "rule": "!has(oldSelf.status) || !has(oldSelf.status.phase) || "
+            "!(oldSelf.status.phase in ['Preparing', 'Running']) || "
+            "(has(self.spec.storage) ? (has(oldSelf.spec.storage) && self.spec.storage == oldSelf.spec.storage) "
+            ": !has(oldSelf.spec.storage))",
+            "message": "spec.storage: cannot change while an attempt runs (phase Preparing or Running); suspend the "
+            "job (spec.runPolicy.suspend: true), change it, then resume",
+            "fieldPath": ".spec.storage",
         },
     ],
     "spec": [
@@ -115,28 +142,36 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
         *_uri_rules("spec.model.mirror", ("s3",))[1:],
     ],
     "spec.data.cacheUri": _uri_rules("spec.data.cacheUri", DATA_SCHEMES),
-    # Up to 64 x 64 items: prefix tests only (a regex per item would exceed the API server's CEL cost budget).
+    # Up to 64 x 64 items: prefix tests and the one short USERINFO expression only (the bucket-name regex per
+    # item would exceed the API server's CEL cost budget; the models still check it).
     "spec.data.sources[*].uris[*]": [
         {
             "rule": "!self.contains('://') || self.startsWith('s3://') || self.startsWith('file://')",
             "message": "spec.data.sources[].uris[]: unsupported URI scheme; use s3://, file:// or a plain local path",
-        }
+        },
+        _no_userinfo("spec.data.sources[].uris[]", uri_credentials(DATA_SCHEMES)),
     ],
+    "spec.data.sources[*].synthesize.output": _uri_rules("spec.data.sources[*].synthesize.output", DATA_SCHEMES),
+    "spec.data.sources[*].synthesize.generator.model": _uri_rules(
+        "spec.data.sources[*].synthesize.generator.model", MODEL_SCHEMES
+    ),
     "spec.checkpoint.uri": [
         {"rule": "self == oldSelf", "message": f"spec.checkpoint.uri {_IMMUTABLE}"},
         *_uri_rules("spec.checkpoint.uri", DATA_SCHEMES),
     ],
     "spec.evaluation.probes": _uri_rules("spec.evaluation.probes", DATA_SCHEMES),
+    "spec.evaluation.instructionFollowing.prompts": _uri_rules(
+        "spec.evaluation.instructionFollowing.prompts", DATA_SCHEMES
+    ),
     "spec.storage.endpoint": [
         {
             "rule": "self.matches('^https?://[^/\\\\s]+(/.*)?$')",
             "message": "spec.storage.endpoint: must be an http:// or https:// URL, e.g. http://minio.minio:9000",
         },
-        {
-            "rule": "!self.matches('^https?://[^/]*@')",
-            "message": "spec.storage.endpoint: credentials must not be embedded in the endpoint URL; put them in a "
-            "Kubernetes Secret and set spec.storage.credentialsSecret",
-        },
+        _no_userinfo("spec.storage.endpoint", embedded_credentials("the endpoint URL", STORAGE_SECRET)),
+    ],
+    "spec.tracking.mlflow.trackingUri": [
+        _no_userinfo("spec.tracking.mlflow.trackingUri", embedded_credentials("the tracking URI", MLFLOW_SECRET)),
     ],
     "spec.data": [{"rule": "self == oldSelf", "message": f"spec.data {_IMMUTABLE}"}],
     "spec.data.sources": [

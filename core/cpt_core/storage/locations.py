@@ -19,6 +19,10 @@ class StorageError(RuntimeError):
     """A storage operation failed; the message names the URI and the likely fix."""
 
 
+class TooLarge(StorageError):
+    """An object is larger than its reader allows; it was not read."""
+
+
 class NotFound(StorageError, FileNotFoundError):
     """The object or path does not exist."""
 
@@ -108,6 +112,11 @@ class S3Settings:
     """Seconds to establish a connection."""
     read_timeout: float = 60.0
     """Seconds to wait for a response once connected (the operator uses far less than the trainer)."""
+    anonymous: bool = False
+    """Send unsigned requests and never look for credentials (botocore's chain would find the process's own:
+    environment, web identity, instance metadata). The operator's clients for jobs without a readable Secret."""
+    hard_deadlines: bool = False
+    """Register every request's socket with the calling thread's `deadline.Guard`, so a deadline can end it."""
 
     @classmethod
     def from_spec(cls, spec: StorageSpec | None, env: Mapping[str, str] | None = None) -> S3Settings:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from cpt_core.contract import names
+from cpt_core.storage.keys import safe_join
 from cpt_core.storage.locations import (
     AccessDenied,
     Location,
@@ -24,11 +25,17 @@ from cpt_core.storage.locations import (
     ObjectInfo,
     S3Settings,
     StorageError,
+    TooLarge,
     Unreachable,
     parse_uri,
 )
 
 # --------------------------------------------------------------------------- storage
+
+
+def _token(text: str) -> str:
+    """An S3 error code as a bounded word (codes are CamelCase words; anything else is not echoed)."""
+    return text if text.isascii() and text.isalnum() and len(text) <= 64 else ""
 
 
 class Storage:
@@ -55,21 +62,31 @@ class Storage:
         from botocore.config import Config
 
         s = self.settings
+        options: dict[str, Any] = {}
+        if s.anonymous:
+            from botocore import UNSIGNED
+
+            options["signature_version"] = UNSIGNED
         client = boto3.session.Session().client(
             "s3",
             endpoint_url=s.endpoint,
             region_name=s.region,
-            aws_access_key_id=s.access_key_id,
-            aws_secret_access_key=s.secret_access_key,
-            aws_session_token=s.session_token,
+            aws_access_key_id=None if s.anonymous else s.access_key_id,
+            aws_secret_access_key=None if s.anonymous else s.secret_access_key,
+            aws_session_token=None if s.anonymous else s.session_token,
             config=Config(
                 s3={"addressing_style": s.addressing_style},
                 retries={"max_attempts": s.max_attempts, "mode": "standard"},
                 connect_timeout=s.connect_timeout,
                 read_timeout=s.read_timeout,
                 max_pool_connections=max(10, self.max_workers),
+                **options,
             ),
         )
+        if s.hard_deadlines:
+            from cpt_core.storage.deadline import track
+
+            track(client)
         return client
 
     def _translate(self, exc: Exception, loc: Location, action: str) -> StorageError:
@@ -110,11 +127,15 @@ class Storage:
                     f"spec.storage.credentialsSecret (or {names.ACCESS_KEY_ID} / {names.SECRET_ACCESS_KEY}) and "
                     "their permissions on the bucket"
                 )
-            return StorageError(f"{where}: S3 error {code or status}: {exc}")
+            # Only the error code and status: the message is the server's text, and a tenant picks the server.
+            return StorageError(f"{where}: S3 error {_token(code) or status} (HTTP {status})")
         if isinstance(exc, FileNotFoundError):
             return NotFound(f"{where}: no such file or directory")
         if isinstance(exc, PermissionError):
             return AccessDenied(f"{where}: permission denied")
+        if loc.is_s3:
+            # botocore's own words may quote the server's answer (a parser error carries the body): never echo it.
+            return StorageError(f"{where}: {type(exc).__name__} from S3 endpoint {endpoint}")
         return StorageError(f"{where}: {exc}")
 
     @contextlib.contextmanager
@@ -129,14 +150,18 @@ class Storage:
 
     # -- queries ------------------------------------------------------------------------
 
-    def list_objects(self, uri: str | Location) -> list[ObjectInfo]:
-        """Every object at or below `uri` (a single object, or a prefix), sorted by key."""
+    def list_objects(self, uri: str | Location, limit: int | None = None) -> list[ObjectInfo]:
+        """Every object at or below `uri` (a single object, or a prefix), sorted by key; with `limit`, at most
+        that many (S3: the first pages only, so a prefix of millions of objects costs one request)."""
         loc = parse_uri(uri) if isinstance(uri, str) else uri
         with self._guard(loc, "list"):
             if loc.is_s3:
-                out = []
+                out: list[ObjectInfo] = []
                 paginator = self.s3.get_paginator("list_objects_v2")
-                for page in paginator.paginate(Bucket=loc.bucket, Prefix=loc.key):
+                pages = {"PageSize": min(1000, max(limit, 100))} if limit else {}
+                for page in paginator.paginate(Bucket=loc.bucket, Prefix=loc.key, PaginationConfig=pages):
+                    if limit is not None and len(out) >= limit:
+                        break
                     for obj in page.get("Contents", []):
                         key = obj["Key"]
                         if key.endswith("/"):
@@ -150,7 +175,7 @@ class Storage:
                         ):
                             continue
                         out.append(ObjectInfo(Location("s3", loc.bucket, key), obj["Size"], obj["ETag"].strip('"')))
-                return sorted(out, key=lambda o: o.location.key)
+                return sorted(out, key=lambda o: o.location.key)[:limit]
             path = loc.path
             if path.is_file():
                 st = path.stat()
@@ -162,6 +187,8 @@ class Storage:
                 if p.is_file() and not p.name.startswith(".tmp-"):
                     st = p.stat()
                     files.append(ObjectInfo(Location("file", "", str(p)), st.st_size, f"{st.st_mtime_ns}"))
+                    if limit is not None and len(files) >= limit:
+                        break
             return files
 
     def list_dirs(self, uri: str | Location) -> list[str]:
@@ -192,15 +219,29 @@ class Storage:
 
     # -- reads --------------------------------------------------------------------------
 
-    def read_bytes(self, uri: str | Location) -> bytes:
+    def read_bytes(self, uri: str | Location, max_bytes: int | None = None) -> bytes:
+        """The whole object; with `max_bytes`, `TooLarge` (and nothing read beyond the limit) when it is larger."""
         loc = parse_uri(uri) if isinstance(uri, str) else uri
         with self._guard(loc, "read"):
             if loc.is_s3:
-                return bytes(self.s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read())
+                if max_bytes is None:
+                    return bytes(self.s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read())
+                # A ranged GET of one byte past the limit: an oversized object is never transferred.
+                response = self.s3.get_object(Bucket=loc.bucket, Key=loc.key, Range=f"bytes=0-{max_bytes}")
+                data = bytes(response["Body"].read(max_bytes + 1))
+                response["Body"].close()
+                if len(data) > max_bytes:
+                    total = str(response.get("ContentRange", "")).rpartition("/")[2]
+                    raise TooLarge(
+                        f"read {loc}: {total or 'more than ' + str(max_bytes)} bytes, over the {max_bytes} allowed"
+                    )
+                return data
+            if max_bytes is not None and loc.path.stat().st_size > max_bytes:
+                raise TooLarge(f"read {loc}: {loc.path.stat().st_size} bytes, over the {max_bytes} allowed")
             return loc.path.read_bytes()
 
-    def read_text(self, uri: str | Location) -> str:
-        return self.read_bytes(uri).decode("utf-8")
+    def read_text(self, uri: str | Location, max_bytes: int | None = None) -> str:
+        return self.read_bytes(uri, max_bytes).decode("utf-8")
 
     def open_read(self, uri: str | Location) -> IO[bytes]:
         """A streaming binary reader (S3 objects are not loaded into memory at once)."""
@@ -303,15 +344,14 @@ class Storage:
         return sum(p.stat().st_size for p in files)
 
     def download_dir(self, uri: str | Location, local_dir: str | Path) -> int:
-        """Download every object below a prefix in parallel; returns bytes downloaded."""
+        """Download every object below a prefix in parallel; returns bytes downloaded.
+
+        Every key is checked first (`keys.safe_join`): one that would land outside `local_dir` raises
+        `UnsafeKey` naming it, and nothing is downloaded."""
         loc = (parse_uri(uri) if isinstance(uri, str) else uri).as_prefix()
         objects = self.list_objects(loc)
-        root = Path(local_dir)
-
-        def fetch(obj: ObjectInfo) -> None:
-            self.download_file(obj.location, root / obj.location.key[len(loc.key) :])
-
-        self._parallel(fetch, objects)
+        targets = [(obj.location, safe_join(local_dir, obj.location.key[len(loc.key) :], obj.uri)) for obj in objects]
+        self._parallel(lambda item: self.download_file(*item), targets)
         return sum(o.size for o in objects)
 
     def _parallel(self, fn: Any, items: list[Any]) -> None:

@@ -150,6 +150,21 @@ def recommendations(spec: api.CPTJobSpec) -> list[Problem]:
             )
         )
     out += _network(spec)
+    resolved = spec.resolved()
+    s3 = [
+        resolved.checkpoint.uri,
+        resolved.cache_uri,
+        resolved.model.source,
+        *(u for s in spec.data.sources for u in s.uris),
+    ]
+    if not spec.storage.credentials_secret and any(uri.startswith("s3://") for uri in s3):
+        out.append(
+            Problem(
+                "spec.storage.credentialsSecret",
+                "unset: the operator and the Ray pods would use their ambient identity for s3:// (an IAM role); a "
+                "shared cluster refuses that unless its admin allows it for the namespace (docs/security.md)",
+            )
+        )
     managed = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"}
     for key in sorted(managed & set(spec.deepspeed.config)):
         out.append(

@@ -3,7 +3,9 @@
 Layers, in the order a user meets them on a cluster, all run here so `cpt validate` on a
 laptop says what the API server and the operator would say:
 
-1. no credentials inline (checked first so a secret value never reaches an error message);
+1. no credentials inline (checked first so a secret value never reaches an error message; credentials in a
+   URI are refused by the models before any other check of it, and every value a message shows has the
+   userinfo of its URIs redacted);
 2. the generated openAPIV3Schema (what the API server checks) and its CEL rules;
 3. the pydantic models (field-precise semantic checks);
 4. recommended-practice warnings (never a rejection).
@@ -27,7 +29,7 @@ import yaml
 from pydantic import ValidationError
 
 from cpt_core.api import v1alpha1 as api
-from cpt_core.api.v1alpha1.base import FieldError
+from cpt_core.api.v1alpha1.base import FieldError, redact_userinfo
 from cpt_core.contract import names
 from cpt_core.validation.recommendations import Problem, recommendations
 
@@ -81,10 +83,13 @@ def format_path(loc: Iterable[str | int]) -> str:
 
 
 def _show(value: Any) -> str:
+    """A value as a message shows it: short, and with the userinfo of any URI in it redacted (a value a check
+    refuses for another reason may still carry credentials)."""
     if isinstance(value, str):
+        value = redact_userinfo(value)
         return repr(value) if len(value) <= 80 else repr(value[:77] + "...")
     if isinstance(value, (dict, list)):
-        text = json.dumps(value, default=str)
+        text = redact_userinfo(json.dumps(value, default=str))
         return text if len(text) <= 80 else text[:77] + "..."
     return str(value)
 

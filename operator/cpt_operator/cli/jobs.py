@@ -3,7 +3,10 @@
 The cluster is reached like the operator reaches it (`controller/kube.py` with kopf's login): the
 service account inside a pod, else the current context of $KUBECONFIG or ~/.kube/config, whose
 namespace is the default of `-n`. `cpt logs` reads the pods of the live attempt through the pod log
-API; once they are gone, the copies the operator made in `<checkpoint.uri>/logs/attempt-N/`.
+API; once they are gone, the copies the operator made in `<checkpoint.uri>/logs/attempt-N/`, with the job's
+own credentials Secret (read with the caller's RBAC) -- the caller's own AWS credentials only when asked
+(`--my-credentials`): the job's endpoint is whoever created the job's choice. What a log holds is the job's
+container's to write: it reaches the terminal with its control sequences stripped (cpt_core.cli.terminal).
 Results go to stdout, diagnostics to stderr.
 """
 
@@ -17,7 +20,8 @@ from typing import Any, TypeVar
 
 import click
 from cpt_core.cli import examples, fail
-from cpt_core.contract.names import CPTJOBS, GROUP, SINGULAR
+from cpt_core.cli.terminal import TerminalFilter, safe_bytes, terminal_safe
+from cpt_core.contract.names import ACCESS_KEY_ID, CPTJOBS, GROUP, SECRET_ACCESS_KEY, SINGULAR
 
 T = TypeVar("T")
 ROLES = ("driver", "head", "worker")
@@ -202,10 +206,48 @@ async def _live_logs(
     for pod in pods:
         if len(pods) > 1:
             click.echo(f"==> {pod.role} {pod.pod}/{pod.container} <==", err=True)
+        stream = TerminalFilter()
         async for chunk in kube.log_stream(ns, pod.pod, pod.container, tail_lines=tail, follow=follow):
-            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.write(stream.feed(chunk))
             sys.stdout.flush()
+        sys.stdout.buffer.write(stream.close())
+        sys.stdout.flush()
     return True
+
+
+def _logs_uri(job: dict[str, Any], attempt: int) -> str:
+    """Where the operator copied `attempt`'s logs: `<checkpoint.uri>/logs/attempt-N/`."""
+    from cpt_operator.controller.io.evidence import attempt_logs_uri
+
+    return attempt_logs_uri(str(job["spec"]["checkpoint"]["uri"]), attempt)
+
+
+async def _job_credentials(kube: Any, ns: str, job: dict[str, Any], attempt: int) -> dict[str, str | None]:
+    """The job's own credentials Secret, read with the caller's RBAC; one line (`fail`) when there is none to use."""
+    from cpt_core.contract.names import CREDENTIAL_KEYS
+
+    from cpt_operator.controller.io.kube import ApiError
+
+    name = job["metadata"]["name"]
+    where = f"attempt {attempt}'s copied logs are at {_logs_uri(job, attempt)}"
+    own = "pass --my-credentials to read them with your own AWS credentials"
+    secret_name = (job.get("spec", {}).get("storage") or {}).get("credentialsSecret")
+    if not secret_name:
+        fail(f"cptjob {name} names no spec.storage.credentialsSecret to read its copied logs with; {where} ({own})")
+    try:
+        secret = await kube.secret_data(ns, secret_name, [k for k, _ in CREDENTIAL_KEYS])
+    except ApiError as exc:
+        if exc.status not in (401, 403):
+            raise
+        why = f"you may not read it (the API server answered {exc.status})"
+    else:
+        if secret is not None and secret.get(ACCESS_KEY_ID) and secret.get(SECRET_ACCESS_KEY):
+            return secret
+        why = "it does not exist" if secret is None else f"it has no {ACCESS_KEY_ID} and {SECRET_ACCESS_KEY}"
+    fail(
+        f'cannot read Secret "{secret_name}" (spec.storage.credentialsSecret of cptjob {name}) in namespace "{ns}": '
+        f"{why}; {where} ({own})"
+    )
 
 
 def _copied_logs(
@@ -216,17 +258,17 @@ def _copied_logs(
     s3_endpoint: str | None,
     tail: int,
 ) -> None:
-    """Print the copies in `<checkpoint.uri>/logs/attempt-N/` (the attempt's pods are gone)."""
+    """Print the copies in `<checkpoint.uri>/logs/attempt-N/` (the attempt's pods are gone), read with `secret`,
+    or with the caller's own credentials when it is None (`--my-credentials`)."""
     from cpt_core.api import v1alpha1 as api
     from cpt_core.storage import NotFound, StorageError
 
     from cpt_operator.controller.io.clients import storage_for
-    from cpt_operator.controller.io.evidence import attempt_logs_uri
     from cpt_operator.controller.settings import OperatorSettings
 
     spec = api.CPTJobSpec.model_validate(job["spec"])
-    storage = storage_for(spec.storage, secret, OperatorSettings(s3_endpoint=s3_endpoint))
-    uri = attempt_logs_uri(spec.checkpoint.uri, attempt)
+    storage = storage_for(spec.storage, secret, OperatorSettings(s3_endpoint=s3_endpoint), ambient=secret is None)
+    uri = _logs_uri(job, attempt)
     try:
         files = [o for o in storage.list_objects(uri) if o.uri.rsplit("/", 1)[-1].split("-", 1)[0] in roles]
     except StorageError as exc:
@@ -236,14 +278,14 @@ def _copied_logs(
     click.echo(f"attempt {attempt} has ended; its logs as copied to {uri}", err=True)
     for obj in files:
         if len(files) > 1:
-            click.echo(f"==> {obj.uri.rsplit('/', 1)[-1]} <==", err=True)
+            click.echo(f"==> {terminal_safe(obj.uri.rsplit('/', 1)[-1])} <==", err=True)
         try:
             data = storage.read_bytes(obj.uri)
         except NotFound:
             continue
         if tail:
             data = b"".join(data.splitlines(keepends=True)[-tail:])
-        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.write(safe_bytes(data))
         sys.stdout.flush()
 
 
@@ -252,6 +294,7 @@ def _copied_logs(
         "cpt logs my-job -f                  # follow the current attempt's driver",
         "cpt logs my-job --attempt 1         # a failed attempt, from its copied logs",
         "cpt logs my-job --role all --tail 100",
+        "cpt logs my-job --attempt 1 --my-credentials  # your AWS credentials, not the job's Secret",
         "kubectl cpt logs my-job -n ml",
     )
 )
@@ -269,19 +312,30 @@ def _copied_logs(
 @click.option(
     "--s3-endpoint", default=None, help="S3 endpoint for the copied logs when spec.storage.endpoint is in-cluster."
 )
+@click.option(
+    "--my-credentials",
+    is_flag=True,
+    help="Read the copied logs with your own AWS credentials (AWS_* environment, ~/.aws) instead of the job's "
+    "credentialsSecret. They are sent to the job's endpoint: spec.storage.endpoint, which whoever created the job "
+    "chose, or --s3-endpoint. Only for an endpoint you trust.",
+)
 def logs(
-    job: str, namespace: str | None, attempt: int | None, follow: bool, role: str, tail: int, s3_endpoint: str | None
+    job: str,
+    namespace: str | None,
+    attempt: int | None,
+    follow: bool,
+    role: str,
+    tail: int,
+    s3_endpoint: str | None,
+    my_credentials: bool,
 ) -> None:
     """Print the logs of a CPTJob's attempt: its live pods', or the copies the operator kept.
 
     When the attempt's pods are gone (it failed, was suspended or superseded), the logs come from
-    <checkpoint.uri>/logs/attempt-N/, read with the job's credentialsSecret when you may read it, else
-    with your own AWS_* environment.
+    <checkpoint.uri>/logs/attempt-N/, read with the job's own credentialsSecret (you need to be allowed
+    to get it); your own credentials are used only with --my-credentials. Terminal control sequences
+    (colours, titles, cursor moves) are stripped from what is printed.
     """
-    from cpt_core.contract.names import CREDENTIAL_KEYS
-
-    from cpt_operator.controller.io.kube import ApiError
-
     roles = set(ROLES) if role == "all" else {role}
 
     async def work(kube: Any, ns: str) -> tuple[dict[str, Any], int, bool, dict[str, str | None] | None]:
@@ -292,13 +346,7 @@ def logs(
             fail(f"cptjob {job} has no attempt {wanted} (attempts so far: {current})")
         if await _live_logs(kube, ns, obj, wanted, roles, follow, tail):
             return obj, wanted, True, None
-        secret_name = (obj.get("spec", {}).get("storage") or {}).get("credentialsSecret")
-        secret = None
-        if secret_name:
-            try:
-                secret = await kube.secret_data(ns, secret_name, [k for k, _ in CREDENTIAL_KEYS])
-            except ApiError:
-                secret = None  # not allowed to read it: the caller's own credentials
+        secret = None if my_credentials else await _job_credentials(kube, ns, obj, wanted)
         return obj, wanted, False, secret
 
     obj, wanted, live, secret = _run(namespace, work)

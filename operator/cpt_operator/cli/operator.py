@@ -61,7 +61,7 @@ def operator(
     epilog=examples(
         "cpt render job.yaml                          # YAML, one document per object",
         "cpt render -n ml-team job.yaml | kubectl apply -f -",
-        "cpt render -o json job.yaml | jq '.items[1].spec.rayClusterSpec'",
+        "cpt render -o json job.yaml | jq '.items[-1].spec.rayClusterSpec'",
         "cat secret.yaml job.yaml | cpt render -     # the Secret is skipped",
     )
 )
@@ -77,15 +77,25 @@ def operator(
     help="yaml: a multi-document stream; json: a v1 List (as kubectl prints it).",
 )
 def render(file: Path, namespace: str | None, trainer_image: str | None, output: str) -> None:
-    """Print the ConfigMap and RayJob the operator would create for FILE (attempt 1).
+    """Print the objects the operator would create for FILE (attempt 1): the ConfigMap, the
+    NetworkPolicy and the RayJob.
 
     FILE is a manifest holding one CPTJob (other objects in it are skipped) or - for stdin.
     Review them, or `kubectl apply` them without the operator. As with kubectl, -n must agree
-    with a namespace the manifest sets.
+    with a namespace the manifest sets. The Ray cluster requires a token that KubeRay generates
+    (authOptions.mode token, KubeRay 1.5.1+), unless CPT_OPERATOR_KUBERAY_AUTH says otherwise;
+    with token-secret, the token Secret is printed too (a new random token each time). What the
+    operator's admin policy (CPT_OPERATOR_POLICY, else its defaults: docs/security.md) would refuse
+    is said on stderr.
     """
     import json
+    import secrets
 
+    from cpt_operator.controller.build.access import build_auth_secret, build_network_policy
     from cpt_operator.controller.build.manifests import build_configmap, build_rayjob, dump_yaml
+    from cpt_operator.controller.policy.admin import ambient_allowed
+    from cpt_operator.controller.policy.endpoints import name_problem, uses_s3
+    from cpt_operator.controller.policy.pods import pod_problems
     from cpt_operator.controller.settings import OperatorSettings
 
     job = load_local_job(file, local=False)
@@ -96,7 +106,24 @@ def render(file: Path, namespace: str | None, trainer_image: str | None, output:
         )
     job.metadata.namespace = job.metadata.namespace or namespace or "default"
     settings = OperatorSettings.from_env(trainer_image=trainer_image)
-    objects = [build_configmap(job), build_rayjob(job, 1, settings)]
+    auth = "token" if settings.kuberay_auth == "auto" else settings.kuberay_auth  # no CRD to read here
+    objects = [build_configmap(job)]
+    if auth == "token-secret":
+        objects.append(build_auth_secret(job, secrets.token_urlsafe(32)))
+    if settings.network_policy:
+        objects.append(build_network_policy(job, 1, settings))
+    rayjob = build_rayjob(job, 1, settings, auth=auth)
+    objects.append(rayjob)
+    # What the admin policy (CPT_OPERATOR_POLICY, else its defaults) would refuse: on stderr, like kubectl's warnings.
+    storage = settings.policy.storage
+    named = name_problem(job.spec.storage.endpoint, storage)
+    refused = [named] if named else []
+    lent = ambient_allowed(job.metadata.namespace, storage)
+    if job.spec.storage.credentials_secret is None and uses_s3(job.spec) and not lent:
+        refused.append("spec.storage.credentialsSecret: required unless the admin lends the ambient identity")
+    refused += pod_problems(job, rayjob, settings.policy.pods, settings.trainer_image)
+    for problem in refused:
+        click.echo(f"warning: the operator's policy would refuse this job: {problem}", err=True)
     if not job.metadata.uid:
         for obj in objects:  # no owner without a uid: these are standalone objects
             obj["metadata"].pop("ownerReferences", None)

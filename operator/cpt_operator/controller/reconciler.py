@@ -19,7 +19,7 @@ from typing import Any, cast
 import kopf
 from cpt_core.api import v1alpha1 as api
 from cpt_core.api.progress import Progress
-from cpt_core.contract import layout
+from cpt_core.contract import layout, names
 from cpt_core.contract.clock import timestamp
 from cpt_core.contract.names import CPTJOBS, CREDENTIAL_KEYS, RAYJOBS
 from cpt_core.contract.reasons import Reason
@@ -28,11 +28,13 @@ from cpt_core.storage.progress import UnreadableProgress, load_progress
 from cpt_core.validation.validate import Report, validate
 from pydantic import ValidationError
 
-from cpt_operator.controller.build.manifests import build_configmap, build_rayjob
+from cpt_operator.controller.build.manifests import build_rayjob
 from cpt_operator.controller.io.clients import storage_for
 from cpt_operator.controller.io.evidence import copy_attempt_logs
 from cpt_operator.controller.io.gate import StorageGate
-from cpt_operator.controller.io.kube import ApiError, ForeignObject, Kube
+from cpt_operator.controller.io.kube import ForeignObject, Kube
+from cpt_operator.controller.io.kuberay import KubeRayFeatures
+from cpt_operator.controller.launch import create_attempt
 from cpt_operator.controller.lifecycle.conditions import (
     current_rayjob_name,
     expire_kept,
@@ -49,10 +51,14 @@ from cpt_operator.controller.lifecycle.decision import (
     Observed,
     PreflightResult,
     Problem,
+    RayAuth,
 )
 from cpt_operator.controller.lifecycle.reconcile import reconcile
 from cpt_operator.controller.lifecycle.rejection import reject_spec
 from cpt_operator.controller.metrics import Metrics
+from cpt_operator.controller.policy.admin import ambient_allowed
+from cpt_operator.controller.policy.endpoints import EndpointResolver, name_problem, uses_s3
+from cpt_operator.controller.policy.pods import pod_problems
 from cpt_operator.controller.preflight.hub import hub_preflight
 from cpt_operator.controller.preflight.storage import check_storage
 from cpt_operator.controller.settings import OperatorSettings
@@ -119,7 +125,10 @@ class Reconciler:
             per_endpoint=settings.storage_calls_per_endpoint,
             cooldown=settings.storage_breaker_seconds,
             deadline=settings.storage_deadline_seconds,
+            per_tenant=settings.storage_calls_per_namespace,
         )
+        self.resolver = EndpointResolver(timeout=settings.s3_connect_timeout_seconds)
+        self.kuberay = KubeRayFeatures(kube, settings)
         self._locks: dict[str, asyncio.Lock] = {}
         self._queued: set[str] = set()
         self._kicked: set[asyncio.Task[None]] = set()
@@ -199,7 +208,15 @@ class Reconciler:
                     await self.kube.delete(*RAYJOBS, namespace, deletion.name, uid=deletion.uid)
                     await self.kube.patch_status(*CPTJOBS, namespace, name, {"keptRayJobs": _kept(status)})
                 return
-            decision = await self._decide(job, report, now)
+            refused, endpoint = await self._policy(job)
+            if refused:
+                # The admin policy does not allow what the job asks for: stop the attempt, say which field and rule.
+                rayjob, _ = await self._rayjob(namespace, status.ray_job_name, uid)
+                problems = "; ".join(refused)
+                decision = reject_spec(status, problems, meta.get("generation"), rayjob, now, Reason.RefusedByPolicy)
+                await self._delete_rayjobs(decision, namespace)
+            else:
+                decision = await self._decide(job, report, now, endpoint)
         new_status = decision.status.model_dump(by_alias=True, exclude_none=True, mode="json")
         changes = _status_patch(raw_status, new_status)
         if changes:
@@ -210,23 +227,51 @@ class Reconciler:
         self.metrics.observe_job(namespace, name, decision.status)
         self.metrics.reconcile_seconds.observe(time.monotonic() - started)
 
-    async def _decide(self, job: api.CPTJob, report: Report, now: dt.datetime) -> Decision:
+    async def _policy(self, job: api.CPTJob) -> tuple[list[str], str | None]:
+        """What the admin policy refuses in `job` (one line each), and the key of its storage endpoint (where it
+        resolves) for the gate's bulkhead."""
+        policy, settings = self.settings.policy, self.settings
+        spec, namespace = job.spec, job.metadata.namespace or ""
+        refused = []
+        if uses_s3(spec) and not spec.storage.credentials_secret and not ambient_allowed(namespace, policy.storage):
+            refused.append(
+                f"spec.storage.credentialsSecret: required in namespace {namespace}: the operator does not lend its "
+                "own identity (or the pods') to jobs here; create a Secret with "
+                f"{names.ACCESS_KEY_ID} and {names.SECRET_ACCESS_KEY} and name it"
+            )
+        endpoint = None
+        named = name_problem(spec.storage.endpoint, policy.storage)
+        if named is not None:
+            refused.append(named)
+        elif spec.storage.endpoint and not settings.s3_endpoint and uses_s3(spec):
+            problem, endpoint = await self.resolver.check(spec.storage.endpoint, policy.storage)
+            if problem is not None:
+                refused.append(problem)
+        rayjob = build_rayjob(job, max(1, (job.status.attempt if job.status else 0) or 1), settings)
+        refused += pod_problems(job, rayjob, policy.pods, settings.trainer_image)
+        return refused, endpoint
+
+    async def _decide(self, job: api.CPTJob, report: Report, now: dt.datetime, endpoint: str | None) -> Decision:
         spec, meta, status = job.spec, job.metadata, job.status or api.CPTJobStatus()
         namespace = meta.namespace or ""
         secret_name = spec.storage.credentials_secret
         keys = [key for key, _ in CREDENTIAL_KEYS]
         secret = await self.kube.secret_data(namespace, secret_name, keys) if secret_name else None
         rayjob, foreign = await self._rayjob(namespace, current_rayjob_name(status), meta.uid)
-        storage = storage_for(spec.storage, secret if secret_name else None, self.settings)
+        ambient = not secret_name and ambient_allowed(namespace, self.settings.policy.storage)
+        storage = storage_for(spec.storage, secret, self.settings, ambient=ambient)
+        bounded: dict[str, Any] = {"tenant": namespace, "endpoint": endpoint}
 
         progress, problem = None, None
         if status.attempt > 0 and (secret is not None or not secret_name):
-            progress, problem = await _observe_progress(self.gate, storage, spec.checkpoint.uri, job, status.attempt)
+            progress, problem = await _observe_progress(
+                self.gate, storage, spec.checkpoint.uri, job, status.attempt, self.settings.progress_max_bytes, bounded
+            )
 
         preflight = None
         if rayjob is None and needs_preflight(job, now):
             try:
-                preflight = await self.gate.run(storage, check_storage, job, secret, storage)
+                preflight = await self.gate.run(storage, check_storage, job, secret, storage, **bounded)
             except Unreachable as exc:
                 preflight = PreflightResult(False, Reason.StorageUnreachable, str(exc))
             if preflight.ok:
@@ -235,12 +280,15 @@ class Reconciler:
                 self.metrics.preflight_failures.labels(reason=preflight.reason).inc()
 
         warnings = [str(w) for w in report.warnings]
-        observed = Observed(rayjob, progress, preflight, now, progress_problem=problem, foreign_rayjob=foreign)
+        auth = await self.kuberay.auth() if preflight is not None and preflight.ok else None  # an attempt may start
+        observed = Observed(
+            rayjob, progress, preflight, now, progress_problem=problem, foreign_rayjob=foreign, ray_auth=auth
+        )
         decision = reconcile(job, observed, warnings=warnings)
-        blocked = await self._act(decision, job, storage, rayjob)
+        blocked = await self._act(decision, job, storage, rayjob, auth)
         if blocked is not None:  # the attempt could not be created: decide again knowing why
             decision = reconcile(job, dataclasses.replace(observed, launch_blocked=blocked), warnings=warnings)
-            await self._act(decision, job, storage, rayjob)
+            await self._act(decision, job, storage, rayjob, auth)
         if decision.status.preflight_failures and decision.status.next_preflight_time is None:
             delay = preflight_backoff(
                 decision.status.preflight_failures,
@@ -260,10 +308,14 @@ class Reconciler:
             return None, str(exc)
 
     async def _act(
-        self, decision: Decision, job: api.CPTJob, storage: Storage, rayjob: dict[str, Any] | None
+        self,
+        decision: Decision,
+        job: api.CPTJob,
+        storage: Storage,
+        rayjob: dict[str, Any] | None,
+        auth: RayAuth | None = None,
     ) -> Problem | None:
-        """Carry out the decision's actions. A launch that cannot happen returns why (a foreign object, a
-        rejected RayJob): the state machine reports it once instead of kopf retrying it blindly."""
+        """Carry out the decision's actions. A launch that cannot happen returns why (see `launch.create_attempt`)."""
         namespace = job.metadata.namespace or ""
         for action in decision.actions:  # an ended attempt's logs first: deleting its RayJob deletes its pods
             if isinstance(action, DeleteRayJob) and action.logs_of is not None:
@@ -273,19 +325,11 @@ class Reconciler:
         for action in decision.actions:
             if not isinstance(action, CreateAttempt):
                 continue
-            rayjob = build_rayjob(job, action.attempt, self.settings)
-            try:
-                await self.kube.apply_configmap(build_configmap(job))
-                await self.kube.create(rayjob)
-            except ForeignObject as exc:
-                return Problem(Reason.ForeignObject, str(exc))
-            except ApiError as exc:
-                if exc.status in (400, 422):  # what we built was rejected (e.g. by KubeRay's schema): permanent
-                    return Problem(
-                        Reason.ValidationFailed,
-                        f"the API server rejected RayJob {rayjob['metadata']['name']}: {exc.message}",
-                    )
-                raise
+            problem = await create_attempt(
+                self.kube, job, action.attempt, self.settings, auth or await self.kuberay.auth()
+            )
+            if problem is not None:
+                return problem
             self.metrics.rayjobs_created.inc()
             if action.attempt > 1:
                 self.metrics.restarts.inc()
@@ -323,7 +367,13 @@ def _kept(status: api.CPTJobStatus) -> list[dict[str, Any]]:
 
 
 async def _observe_progress(
-    gate: StorageGate, storage: Storage, uri: str, job: api.CPTJob, attempt: int
+    gate: StorageGate,
+    storage: Storage,
+    uri: str,
+    job: api.CPTJob,
+    attempt: int,
+    max_bytes: int,
+    bounded: dict[str, Any],
 ) -> tuple[Progress | None, Problem | None]:
     """The current attempt's progress file, or why the file that is there was not taken.
 
@@ -332,7 +382,7 @@ async def _observe_progress(
     condition), never a phase change."""
     name = job.metadata.name
     try:
-        found = await gate.run(storage, load_progress, storage, uri)
+        found = await gate.run(storage, load_progress, storage, uri, max_bytes, **bounded)
     except UnreadableProgress as exc:
         return None, Problem(Reason.ProgressUnreadable, str(exc))
     except StorageError as exc:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Literal
+from typing import Any, Literal
 
 from cpt_core import __version__
-from pydantic import BaseModel, Field
+from cpt_core.contract import names
+from pydantic import BaseModel, Field, field_validator
+
+from cpt_operator.controller.policy.admin import AdminPolicy
 
 ENV_PREFIX = "CPT_OPERATOR_"
 
@@ -74,6 +78,51 @@ class OperatorSettings(BaseModel):
     s3_endpoint: str | None = None
     """S3 endpoint the operator itself uses instead of spec.storage.endpoint (an operator outside the
     cluster network, e.g. a port-forward); the pods always use spec.storage.endpoint."""
+    storage_calls_per_namespace: int = 4
+    """S3 calls in flight per namespace at most: one tenant's slow endpoints hold no more threads than this."""
+    progress_max_bytes: int = 1024 * 1024
+    """The largest progress file the operator reads; a larger one is ignored (ProgressUnreadable) unread."""
+    kuberay_auth: Literal["auto", "token-secret", "token", "off"] = "auto"
+    """Token authentication of every job's Ray cluster (KubeRay's rayClusterSpec.authOptions). `auto`: what the
+    installed KubeRay supports, read from the rayjobs.ray.io CRD -- `token-secret` where authOptions has
+    secretName (KubeRay 1.6+), `token` where it has only mode (1.5.1+), else `off` with a warning on each job; when
+    the CRD cannot be read, `token-secret` with a warning. `token-secret`: a random token per job in a Secret the
+    operator owns, reused by every attempt; `token`: KubeRay generates a token per Ray cluster; `off`: no
+    authentication (only the NetworkPolicy keeps other pods out). An explicit value is used as it is: the CRD is
+    not read (the chart then grants no access to it)."""
+    kuberay_detect_seconds: float = Field(300.0, gt=0)
+    """How long what the rayjobs.ray.io CRD said (kuberay_auth `auto`) is used before it is read again."""
+    network_policy: bool = True
+    """Create a NetworkPolicy per job that admits to its Ray pods only the job's own Ray pods (every port), the
+    current attempt's submitter pod and the KubeRay operator (the dashboard port), plus
+    network_policy_extra_ingress. It takes effect where the cluster's network plugin enforces NetworkPolicies."""
+    kuberay_namespace: str = "kuberay-system"
+    """Namespace of the KubeRay operator, admitted to each Ray head's dashboard port (it polls the job's status)."""
+    kuberay_pod_labels: dict[str, str] = Field(default_factory=lambda: {names.APP_NAME_LABEL: "kuberay-operator"})
+    """Labels that select the KubeRay operator's pods in kuberay_namespace (the KubeRay Helm chart's default).
+    JSON in the environment."""
+    network_policy_extra_ingress: list[dict[str, Any]] = Field(default_factory=list)
+    """More ingress rules for every job's NetworkPolicy, as Kubernetes writes them (NetworkPolicyIngressRule:
+    `from` peers, `ports`), e.g. Prometheus scraping Ray's metrics port. JSON in the environment."""
+    policy: AdminPolicy = Field(default_factory=AdminPolicy)
+    """What a tenant's CPTJob may make the operator do: storage endpoints and credentials, the Ray pods
+    (Helm values `policy`, JSON in the environment). See docs/security.md."""
+
+    @field_validator("network_policy_extra_ingress")
+    @classmethod
+    def _ingress_rules(cls, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The shape of each rule, checked at start-up: a wrong one would make every job's NetworkPolicy fail."""
+        peer_keys = {"podSelector", "namespaceSelector", "ipBlock"}
+        for i, rule in enumerate(rules):
+            if not set(rule) <= {"from", "ports"}:
+                raise ValueError(f"rule {i}: only `from` and `ports` (a NetworkPolicyIngressRule), not {sorted(rule)}")
+            for peer in rule.get("from") or []:
+                if not isinstance(peer, dict) or not peer or not set(peer) <= peer_keys:
+                    raise ValueError(f"rule {i}: each `from` peer has podSelector, namespaceSelector or ipBlock")
+            for port in rule.get("ports") or []:
+                if not isinstance(port, dict) or not set(port) <= {"port", "endPort", "protocol"}:
+                    raise ValueError(f"rule {i}: each of `ports` has port, endPort and protocol only")
+        return rules
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> OperatorSettings:
@@ -85,6 +134,10 @@ class OperatorSettings(BaseModel):
                 continue
             if field.annotation == list[str]:
                 values[name] = [v.strip() for v in raw.split(",") if v.strip()]
+            elif field.annotation in (AdminPolicy, "AdminPolicy", dict[str, str]):
+                values[name] = json.loads(raw or "{}")
+            elif field.annotation == list[dict[str, Any]]:
+                values[name] = json.loads(raw or "[]")
             else:
                 values[name] = raw
         values.update({k: v for k, v in overrides.items() if v is not None and v != []})

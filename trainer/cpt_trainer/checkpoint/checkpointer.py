@@ -7,7 +7,8 @@ that are the same on every rank go into `trainer_state.json` under their names, 
 this class decides when the ranks agree that a checkpoint can be committed:
 
 Parts every rank needs in full (tensors: the regularisation anchor) are saved once, by rank 0, into
-`shared_state.pt`, and loaded by every rank.
+`shared_state.pt`, and loaded by every rank. Every .pt file is saved as tensors and plain values and
+loaded with `weights_only=True` (loading.py): a checkpoint is data, never code.
 
 - `save(step)`: every rank saves its shards locally (the only stall) and uploads in the background;
 - `poll()`: once a step, one tiny all-reduce asks whether every upload finished; then rank 0 commits;
@@ -25,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from cpt_core.api.v1alpha1.status import CheckpointRef, SkippedCheckpoint
 from cpt_core.contract import layout
 
-from cpt_trainer.checkpoint.store import CheckpointStore, Committed, FencedOut
+from cpt_trainer.checkpoint.loading import load_problem, safe_load
+from cpt_trainer.checkpoint.store import CheckpointDamaged, CheckpointStore, Committed, FencedOut
 from cpt_trainer.distributed import RunContext
 
 if TYPE_CHECKING:
@@ -75,17 +77,19 @@ class Checkpointer:
     # -- restore ----------------------------------------------------------------------------
 
     def restore(self, engine: Any, point: ResumePoint) -> None:
-        """Load a verified resume point into the engine and every part (on every rank)."""
-        import torch
+        """Load a verified resume point into the engine and every part (on every rank).
 
+        Every .pt file loads with `weights_only=True` (loading.py): nothing of the checkpoint is unpickled
+        as code. A rank state that does not load so (an older format, or not written by this trainer) is
+        skipped with a warning -- the run resumes without restoring the random generators; a shared state
+        that does not is a damaged checkpoint (resume.py has already checked both while fetching)."""
         checkpoint = point.checkpoint
         log.info("rank %d: resuming from %s (step %d)", self.ctx.rank, checkpoint.location, checkpoint.step)
         try:
             self.store.load(engine, point.load_dir, point.tag, universal=point.universal)
-            state_file = point.rank_state
-            rank_state = torch.load(state_file, weights_only=False) if state_file is not None else {}
+            rank_state = self._rank_state(point)
             shared_file = point.local / layout.SHARED_STATE
-            shared = torch.load(shared_file, weights_only=False, map_location="cpu") if shared_file.exists() else {}
+            shared = self._shared_state(point) if shared_file.exists() else {}
         finally:
             self.ctx.barrier()  # every rank has read the node's shared conversion before it goes
             point.cleanup(self.ctx)
@@ -93,7 +97,17 @@ class Checkpointer:
             part.load_state_dict(checkpoint.state[name])
         for name, part in self.rank_parts.items():
             if name in rank_state:
-                part.load_state_dict(rank_state[name])
+                try:
+                    part.load_state_dict(rank_state[name])
+                except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+                    log.warning(
+                        "rank %d: %s in %s cannot be restored (%s: %s); continuing without it",
+                        self.ctx.rank,
+                        name,
+                        layout.rank_state(self.ctx.rank),
+                        type(exc).__name__,
+                        exc,
+                    )
             elif point.universal:
                 log.info("rank %d: the checkpoint had fewer ranks, no %s state to restore", self.ctx.rank, name)
         for name, part in self.shared_parts.items():
@@ -102,6 +116,51 @@ class Checkpointer:
         self.committed = checkpoint
         self.resumed_from = checkpoint.step
         self.skipped = point.skipped
+
+    def _rank_state(self, point: ResumePoint) -> dict[str, Any]:
+        path = point.rank_state
+        if path is None:
+            return {}
+        try:
+            state = safe_load(path)
+        except Exception as exc:  # the RNG state is the one part a resume can go without
+            log.warning(
+                "rank %d: checkpoint %s: %s; resuming without restoring the random generators",
+                self.ctx.rank,
+                point.checkpoint.location,
+                load_problem(path, exc),
+            )
+            return {}
+        if not isinstance(state, dict):
+            log.warning(
+                "rank %d: checkpoint %s: %s holds a %s, not this trainer's rank state; resuming without restoring "
+                "the random generators",
+                self.ctx.rank,
+                point.checkpoint.location,
+                path.name,
+                type(state).__name__,
+            )
+            return {}
+        return state
+
+    def _shared_state(self, point: ResumePoint) -> dict[str, Any]:
+        path = point.local / layout.SHARED_STATE
+        checkpoint = point.checkpoint
+        try:
+            state = safe_load(path)
+        except Exception as exc:
+            raise CheckpointDamaged(
+                f"checkpoint {checkpoint.location} is damaged: {load_problem(path, exc)}",
+                step=checkpoint.step,
+                file=layout.SHARED_STATE,
+            ) from None
+        if not isinstance(state, dict):
+            raise CheckpointDamaged(
+                f"checkpoint {checkpoint.location} is damaged: {layout.SHARED_STATE} holds a {type(state).__name__}",
+                step=checkpoint.step,
+                file=layout.SHARED_STATE,
+            )
+        return state
 
     # -- save and commit --------------------------------------------------------------------
 

@@ -4,8 +4,11 @@ Newest first, each committed checkpoint is
 
 1. verified against its manifest (`CheckpointStore.verify`: marker, manifest checksum, every file
    present with its size, the trainer state's checksum);
-2. fetched: every rank downloads the files it needs and checks each one's SHA-256 against the
-   manifest (checkpoints written before manifests: torch's zip CRCs, via `zipfile.testzip`);
+2. fetched: every rank downloads the files it needs (each name checked to stay inside the download
+   directory, `safe_join`) and checks each one's SHA-256 against the manifest (checkpoints written
+   before manifests: torch's zip CRCs, via `zipfile.testzip`), then that each .pt file but its own
+   rank state loads with `weights_only=True` (loading.py; read, never run: a file whose unpickling
+   would call anything but the few allowed classes makes the checkpoint damaged);
 3. agreed on: one gather tells every rank whether all ranks succeeded.
 
 A checkpoint that fails anywhere is skipped with a warning naming the file and the reason, and
@@ -17,7 +20,11 @@ Resize: a checkpoint written by N training processes resumes with M. DeepSpeed's
 checkpoint conversion (`deepspeed.checkpoint.ds_to_universal`) turns the N-way ZeRO partitions
 into per-parameter files, once per node (local rank 0 downloads every shard and converts into a
 directory the node's ranks share), and the engine loads them with `load_universal`. The sampler
-needs nothing: its position is the global sample count, the same for any number of ranks.
+needs nothing: its position is the global sample count, the same for any number of ranks. The
+conversion reads the shards with DeepSpeed's own `torch.load(weights_only=False)`, which this trainer
+cannot change; what it reads are the fetched files, each of which has just loaded with
+`weights_only=True`, so it unpickles nothing that a restricted load refused (and the parameter names
+it turns into directories were checked as file names).
 """
 
 from __future__ import annotations
@@ -37,8 +44,11 @@ from typing import Any
 
 from cpt_core.api.v1alpha1.status import SkippedCheckpoint
 from cpt_core.contract import layout
+from cpt_core.storage import UnsafeKey, safe_join
 from cpt_core.storage.digest import sha256_file
+from cpt_core.storage.keys import key_problem
 
+from cpt_trainer.checkpoint.loading import UnsafeCheckpointFile, first_line, safe_load
 from cpt_trainer.checkpoint.store import CheckpointDamaged, CheckpointStore, Committed
 from cpt_trainer.distributed import RunContext
 
@@ -117,9 +127,16 @@ def fetch(store: CheckpointStore, checkpoint: Committed, ctx: RunContext) -> Pat
     local = Path(tempfile.mkdtemp(prefix=f"cpt-load-{checkpoint.step}-r{ctx.rank}-"))
     try:
         for name in wanted:
-            target = local / name
+            try:
+                target = safe_join(local, name, str(checkpoint.location.join(name)))
+            except UnsafeKey as exc:
+                raise CheckpointDamaged(
+                    f"checkpoint {checkpoint.location} is damaged: {exc}", step=checkpoint.step, file=name
+                ) from None
             store.storage.download_file(checkpoint.location.join(name), target)
             problem = _check(target, (checkpoint.files or {}).get(name))
+            if problem is None and target.suffix == ".pt" and not layout.RANK_STATE.match(name):
+                problem = _unpickle_problem(target)  # a rank state that does not load: restore() goes without it
             if problem:
                 raise CheckpointDamaged(
                     f"checkpoint {checkpoint.location} is damaged: {name} {problem}", step=checkpoint.step, file=name
@@ -147,6 +164,28 @@ def _check(path: Path, recorded: dict[str, Any] | None) -> str | None:
             return f"is not a readable torch file ({exc})"
         if bad is not None:
             return f"fails its CRC check ({bad})"
+    return None
+
+
+def _unpickle_problem(path: Path) -> str | None:
+    """Why a fetched .pt file cannot be loaded without running code from it (or converted), or None.
+
+    The pickle is read with `weights_only=True` and the tensors memory-mapped, not read. Parameter names
+    in DeepSpeed's model states become directory names in the universal conversion after a resize: one
+    that is not a plain name inside its directory is refused too."""
+    try:
+        content = safe_load(path, mmap=True)
+    except UnsafeCheckpointFile as exc:
+        return exc.why
+    except Exception as exc:
+        return f"does not load ({type(exc).__name__}: {first_line(exc)})"
+    shapes = content.get("param_shapes") if isinstance(content, dict) else None
+    groups = shapes if isinstance(shapes, list) else [shapes]
+    for group in groups:
+        for parameter in group if isinstance(group, dict) else ():
+            why = key_problem(parameter) if isinstance(parameter, str) else "it is not a string"
+            if why is not None:
+                return f"names a parameter {str(parameter)[:200]!r} that cannot be a file name ({why})"
     return None
 
 

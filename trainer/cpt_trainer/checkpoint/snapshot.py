@@ -13,6 +13,20 @@ hashes and uploads the files, so COMMITTED still comes after every byte is on st
 
 DeepSpeed's own asynchronous writers (`checkpoint.writer.decoupled`) need its `async_io` op
 (libaio, a JIT build); this is the same idea with nothing to compile.
+
+Loading goes through this engine too: DeepSpeed's `load_checkpoint` reads the model states and every
+ZeRO optimizer shard with `checkpoint_engine.load`, which here is `torch.load(weights_only=True)` with
+the few DeepSpeed classes such a checkpoint holds (loading.py), never the default engine's
+`weights_only=False`: a shard whose unpickling would run code is refused, not run.
+
+What this does not reach, because DeepSpeed calls `torch.load(weights_only=False)` itself:
+
+- the universal conversion after a resize (`ds_to_universal`, resume.py) and `load_universal`'s
+  per-parameter files: the conversion reads the fetched shards only after each has loaded with
+  `weights_only=True` there (so it unpickles nothing that a restricted load refused), and the
+  per-parameter files are the conversion's own output, written on this node;
+- DeepSpeed code paths this trainer does not use (MoE expert files, pipeline-parallel layers,
+  `zero_to_fp32`, DeepSpeed's other checkpoint engines).
 """
 
 from __future__ import annotations
@@ -24,6 +38,8 @@ from typing import Any
 
 import torch
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+from cpt_trainer.checkpoint.loading import safe_load
 
 Key = tuple[tuple[int, ...], torch.dtype]
 
@@ -89,6 +105,11 @@ class SnapshotCheckpointEngine(TorchCheckpointEngine):
                 for key, buffer in self._in_use:
                     self._free[key].append(buffer)
                 self._in_use = []
+
+    # -- loading: no code from the file runs -----------------------------------------------------
+
+    def load(self, path: str, map_location: Any = None) -> Any:
+        return safe_load(path, map_location=map_location)
 
     def commit(self, info: Any) -> bool:
         return True  # the files are complete after flush(); the uploader calls it before it reads them

@@ -41,6 +41,9 @@ from cpt_core.contract.clock import now
 from cpt_core.contract.reasons import Reason
 from cpt_core.storage import Location, NotFound, Storage, parse_uri
 from cpt_core.storage.digest import digest_dir, sha256_bytes
+from cpt_core.storage.keys import key_problem
+
+from cpt_trainer.checkpoint.loading import UnsafeCheckpointFile
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +201,9 @@ class CheckpointStore:
             except (ValueError, KeyError, TypeError):
                 raise damaged(layout.MANIFEST, "does not parse") from None
             for name, entry in sorted(files.items()):
+                problem = key_problem(name)
+                if problem is not None:  # written by whoever can write the prefix: never a path to follow
+                    raise damaged(name, f"is not a name inside the checkpoint: {problem}")
                 if name not in listing:
                     raise damaged(name, "is missing")
                 if listing[name] != entry["size"]:
@@ -420,6 +426,10 @@ class CheckpointStore:
                 for state in getattr(inner, "state", {}).values():
                     if hasattr(state.get("step"), "clone"):
                         state["step"] = state["step"].clone()
+        except UnsafeCheckpointFile as exc:  # resume.py checked every shard: only a file changed since
+            raise CheckpointDamaged(
+                f"the verified checkpoint in {local} is damaged: {exc}", file=exc.path.name
+            ) from None
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise CheckpointUnloadable(

@@ -4,6 +4,10 @@ Metadata the Hub reads (base_model, datasets, license, language, pipeline_tag, t
 recipe (stages, data mixture, steps, tokens) and the evaluation before and after training (domain and
 general holdout loss, probes, instruction following) as tables. The license is `export.license`, else
 the base model's (from its own card, when the base model directory has one).
+
+The card in `final/` names where the model and the data came from. The card uploaded to the Hub does not
+(`locations=False`, unless `export.push.includeLocations`): bucket names, prefixes and local paths say
+more about an organisation than a public card should; only Hub ids (`hf://`) are public anyway.
 """
 
 from __future__ import annotations
@@ -34,6 +38,15 @@ def hub_id(uri: str) -> str:
     return uri[len("hf://") :].strip("/") if uri.startswith("hf://") else uri
 
 
+#: What a card without locations says in place of one that is not a Hub id.
+PRIVATE = "(private)"
+
+
+def shown(uri: str, locations: bool) -> str:
+    """`uri` as a card shows it: itself, or without `locations` only a Hub id (`hf://...`)."""
+    return uri if locations or uri.startswith("hf://") else PRIVATE
+
+
 def base_card(directory: Path | None) -> dict[str, Any]:
     """The metadata of the base model's own card (license, language), or {} without one."""
     if directory is None or not (directory / "README.md").is_file():
@@ -55,8 +68,9 @@ def base_model_id(spec: CPTJobSpec) -> str | None:
     return None
 
 
-def card_data(spec: CPTJobSpec, job: str, base: dict[str, Any]) -> ModelCardData:
-    datasets = list(dict.fromkeys(hub_id(uri) for s in spec.data.sources for uri in s.uris))
+def card_data(spec: CPTJobSpec, job: str, base: dict[str, Any], locations: bool = True) -> ModelCardData:
+    uris = [uri for s in spec.data.sources for uri in s.uris if locations or uri.startswith("hf://")]
+    datasets = list(dict.fromkeys(hub_id(uri) for uri in uris))
     return ModelCardData(
         model_name=job,
         base_model=base_model_id(spec),
@@ -69,14 +83,23 @@ def card_data(spec: CPTJobSpec, job: str, base: dict[str, Any]) -> ModelCardData
     )
 
 
-def _recipe(spec: CPTJobSpec, summary: dict[str, Any]) -> str:
+def _base(spec: CPTJobSpec, locations: bool) -> str:
+    """The starting model as the card names it: its Hub id where it has one (also read from a mirror)."""
+    hub = base_model_id(spec)
+    if hub is not None and not spec.model.source.startswith("hf://") and not locations:
+        return f"`hf://{hub}`"
+    where = shown(spec.model.source, locations)
+    return "a model in a private location" if where == PRIVATE else f"`{where}`"
+
+
+def _recipe(spec: CPTJobSpec, summary: dict[str, Any], locations: bool) -> str:
     from cpt_trainer.plan.stages import plan
 
     stages = plan(spec)
     lines = [
         "## Continued pre-training recipe",
         "",
-        f"Continued from `{spec.model.source}` ({spec.model.kind} model"
+        f"Continued from {_base(spec, locations)} ({spec.model.kind} model"
         + (", LoRA merged into the weights" if spec.training.lora is not None else "")
         + ").",
         "",
@@ -97,7 +120,9 @@ def _recipe(spec: CPTJobSpec, summary: dict[str, Any]) -> str:
             f"{100 * stage.weights.get(source.name, 0) / max(1, sum(stage.weights.values())):.1f} %" for stage in stages
         ]
         lines.append(
-            f"| {source.name} | {source.role.value} | {' | '.join(shares)} | {', '.join(map(str, source.uris))} |"
+            f"| {source.name} | {source.role.value} | {' | '.join(shares)} | "
+            + ", ".join(dict.fromkeys(shown(str(uri), locations) for uri in source.uris))
+            + " |"
         )
     return "\n".join(lines)
 
@@ -121,15 +146,22 @@ def _num(value: Any) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def model_card(spec: CPTJobSpec, job: str, summary: dict[str, Any], base_model_dir: Path | None = None) -> ModelCard:
-    """The card of the export (`ModelCard(...).save(path)` writes README.md)."""
-    data = card_data(spec, job, base_card(base_model_dir))
+def model_card(
+    spec: CPTJobSpec,
+    job: str,
+    summary: dict[str, Any],
+    base_model_dir: Path | None = None,
+    locations: bool = True,
+) -> ModelCard:
+    """The card of the export (`ModelCard(...).save(path)` writes README.md); without `locations`, the card for
+    the Hub: no `s3://`, `file://` or local path in it, Hub ids only."""
+    data = card_data(spec, job, base_card(base_model_dir), locations)
     body = "\n\n".join(
         [
             f"# {job}",
-            f"Continued pre-training of `{spec.model.source}` with "
+            f"Continued pre-training of {_base(spec, locations)} with "
             "[cpt-operator](https://github.com/cpt-operator/cpt-operator).",
-            _recipe(spec, summary),
+            _recipe(spec, summary, locations),
             _evaluation(summary),
         ]
     )

@@ -46,12 +46,18 @@ def _base_model_dir(spec: CPTJobSpec, storage: Storage) -> Path | None:
         return None
 
 
-def _push(out: Path, spec: CPTJobSpec, job: str) -> dict[str, Any]:
-    """`export.push`: upload the export; the outcome for cpt_export.json (a failure is not fatal)."""
+def _push(
+    out: Path, spec: CPTJobSpec, job: str, summary: dict[str, Any], base_model_dir: Path | None
+) -> dict[str, Any]:
+    """`export.push`: upload the export in `out` (already copied to `final/`); the outcome for cpt_export.json
+    (a failure is not fatal). Unless `includeLocations`, the card uploaded is the one without the run's
+    locations; `final/README.md` keeps them."""
     from cpt_trainer.export.push import PushError, push_folder
 
     push = spec.checkpoint.export.push
     assert push is not None
+    if not push.include_locations:
+        model_card(spec, job, summary, base_model_dir, locations=False).save(out / "README.md")
     try:
         url = push_folder(out, push, job)
     except PushError as exc:
@@ -94,7 +100,8 @@ def export_model(
         generation = getattr(base, "generation_config", None)
         if generation is not None:
             generation.save_pretrained(out)
-        model_card(spec, job, summary, _base_model_dir(spec, storage)).save(out / "README.md")
+        base_model_dir = _base_model_dir(spec, storage)
+        model_card(spec, job, summary, base_model_dir).save(out / "README.md")
         # Readers never take a half-written export: EXPORTING is there from before the first file is
         # replaced until after the last one (and cpt_export.json, the completion record) is written.
         storage.delete_prefix(target)
@@ -104,7 +111,7 @@ def export_model(
         storage.write_text(target.join(layout.EXPORT_RECORD), json.dumps(record))
         storage.delete(target.join(layout.EXPORTING))
         if spec.checkpoint.export.push is not None:  # after the export is complete: it never waits on the Hub
-            record["push"] = _push(out, spec, job)
+            record["push"] = _push(out, spec, job, summary, base_model_dir)
             storage.write_text(target.join(layout.EXPORT_RECORD), json.dumps(record))
     return str(target)
 

@@ -20,7 +20,6 @@ from cpt_core.contract import names
 #: Environment that keeps Ray local and quiet; also passed to every Ray worker process.
 RAY_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DEDUP_LOGS": "0",
     "RAY_TRAIN_V2_ENABLED": "1",
@@ -29,6 +28,10 @@ RAY_ENV = {
     "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
     "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning",
 }
+#: Only the embedded, loopback-only Ray of this machine runs without authentication (unless the environment
+#: already says otherwise). Never passed to workers: on a cluster they inherit KubeRay's token auth from the
+#: raylet, and a `disabled` there would cut them off from the GCS.
+LOCAL_ONLY_ENV = {names.RAY_AUTH_MODE_ENV: "disabled"}
 
 
 def worker_env() -> dict[str, str]:
@@ -46,13 +49,14 @@ def worker_env() -> dict[str, str]:
             env[key] = os.environ[key]
     # Our own settings travel too (CPT_CACHE_DIR, CPT_DEBUG, CPT_TRAINER_HOOKS and what hooks read).
     env.update({k: v for k, v in os.environ.items() if k.startswith(names.ENV_PREFIX) and v})
-    return env
+    # Never Ray's authentication: a worker takes its raylet's (KubeRay's token on a cluster, LOCAL_ONLY_ENV here).
+    return {k: v for k, v in env.items() if not k.startswith(names.RAY_AUTH_ENV_PREFIX)}
 
 
 @contextlib.contextmanager
 def local_ray(num_cpus: int | None = None, include_dashboard: bool = True, **kwargs: Any) -> Iterator[None]:
     """Start a local Ray on 127.0.0.1 in a private temp dir; shut it down on exit."""
-    for key, value in RAY_ENV.items():
+    for key, value in {**RAY_ENV, **LOCAL_ONLY_ENV}.items():
         os.environ.setdefault(key, value)
     import ray
 

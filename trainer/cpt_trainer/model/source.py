@@ -29,7 +29,7 @@ from typing import Any
 
 from cpt_core.contract import layout, names
 from cpt_core.contract.reasons import Reason
-from cpt_core.storage import Storage, parse_uri
+from cpt_core.storage import Storage, UnsafeKey, parse_uri, safe_join
 
 
 class ModelSourceError(ValueError):
@@ -156,10 +156,16 @@ def _download(source: str, storage: Storage, field: str) -> ResolvedSource:
                     f"{field}: {source} is an export still being written by a cpt-operator job (or one that was "
                     "interrupted); wait for that job to finish, or run it again to complete the export"
                 )
-            if len(objects) == 1 and objects[0].location.key.endswith(".gguf"):
-                storage.download_file(objects[0].location, target / Path(objects[0].location.key).name)
-            else:
-                storage.download_dir(location, target)
+            try:
+                if len(objects) == 1 and objects[0].location.key.endswith(".gguf"):
+                    gguf = objects[0]
+                    storage.download_file(
+                        gguf.location, safe_join(target, gguf.location.key.rsplit("/", 1)[-1], gguf.uri)
+                    )
+                else:
+                    storage.download_dir(location, target)
+            except UnsafeKey as exc:
+                raise ModelSourceError(f"{field}: {exc}") from None
             done.write_text(source)
     return _local(target if not list(target.glob("*.gguf")) else next(target.glob("*.gguf")), field, origin=source)
 

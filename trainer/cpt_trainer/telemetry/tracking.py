@@ -20,7 +20,7 @@ from typing import Any
 
 from cpt_core.api.v1alpha1 import TrackingSpec
 from cpt_core.contract import layout
-from cpt_core.storage import Location, Storage
+from cpt_core.storage import Location, Storage, UnsafeKey
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,10 @@ class Tracker:
             target = run.join(layout.TENSORBOARD)
             if target.is_s3:
                 self._local_tb = Path(tempfile.mkdtemp(prefix="cpt-tb-"))
-                self.storage.download_dir(target, self._local_tb)  # earlier attempts' files: purge_step applies
+                try:
+                    self.storage.download_dir(target, self._local_tb)  # earlier attempts' files: purge_step applies
+                except UnsafeKey as exc:  # tracking never ends a run; nothing was downloaded
+                    log.warning("not restoring the TensorBoard files of earlier attempts: %s", exc)
             # A resume replays the steps after its checkpoint: drop what an earlier attempt wrote for them.
             self.writer = SummaryWriter(
                 str(self._local_tb or target.path), purge_step=resume_step + 1 if resume_step else None

@@ -70,21 +70,38 @@ class TrainState:
 
 
 class RNGState:
-    """This rank's random number generators (dropout, sampling in evaluation)."""
+    """This rank's random number generators (dropout, sampling in evaluation).
+
+    Saved as tensors and plain values only (numpy's Mersenne Twister keys as an int64 tensor, Python's as a
+    list of ints), so that the file loads with `torch.load(weights_only=True)`: nothing in it is unpickled
+    as an object (checkpoint/loading.py)."""
 
     def state_dict(self) -> dict[str, Any]:
+        name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+        version, internal, gauss = random.getstate()
         state: dict[str, Any] = {
             "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
-            "python": random.getstate(),
+            "numpy": {
+                "name": str(name),
+                "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                "pos": int(pos),
+                "hasGauss": int(has_gauss),
+                "cachedGaussian": float(cached_gaussian),
+            },
+            "python": {"version": int(version), "state": [int(v) for v in internal], "gauss": gauss},
         }
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        numpy, python = state["numpy"], state["python"]
+        keys = np.asarray(numpy["keys"].numpy(), dtype=np.uint32)
+        np_state = (str(numpy["name"]), keys, int(numpy["pos"]), int(numpy["hasGauss"]), float(numpy["cachedGaussian"]))
+        py_state = (int(python["version"]), tuple(int(v) for v in python["state"]), python["gauss"])
+        # Every part is read before any generator is set: a malformed state changes none of them.
         torch.set_rng_state(state["torch"])
-        np.random.set_state(state["numpy"])
-        random.setstate(state["python"])
+        np.random.set_state(np_state)
+        random.setstate(py_state)
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state(state["cuda"])

@@ -68,6 +68,36 @@ MODEL_SCHEMES = ("hf", "s3", "file", "pkg")
 DATA_SCHEMES = ("s3", "file")
 
 
+#: A URI with userinfo before its host (`scheme://user:password@host/...`, `https://TOKEN@host`): credentials
+#: that would be stored in the object for anyone who may read it, and sent wherever the URI points. The
+#: models and the CRD's CEL rules refuse it in every URI field with this one expression (short, so that it
+#: stays within the API server's CEL cost budget on up to 64 x 64 data URIs).
+USERINFO = r"^[^/]*://[^/]*@"
+#: The Secret that holds storage credentials, named by every message that refuses them inline.
+STORAGE_SECRET = "spec.storage.credentialsSecret"
+
+
+def has_userinfo(uri: str) -> bool:
+    """Whether `uri` carries credentials before its host (`s3://key:secret@bucket/`, `https://user@host`)."""
+    return re.match(USERINFO, uri) is not None
+
+
+def embedded_credentials(where: str, secret: str) -> str:
+    """The one line that refuses credentials embedded in `where`, naming the Secret field that takes them."""
+    return f"credentials must not be embedded in {where}; put them in a Kubernetes Secret and set {secret}"
+
+
+def uri_credentials(schemes: tuple[str, ...]) -> str:
+    """The refusal of a URI field that takes `schemes` (the Secret of the hub's token too where hf:// is one)."""
+    secret = f"{STORAGE_SECRET} (s3://) or spec.model.tokenSecret (hf://)" if "hf" in schemes else STORAGE_SECRET
+    return embedded_credentials("a URI", secret)
+
+
+def redact_userinfo(text: str) -> str:
+    """`text` with the userinfo of every URI in it replaced by `***`, for a message that shows a value."""
+    return re.sub(r"(://)[^/\s]*@", r"\1***@", text)
+
+
 def uri_scheme(uri: str) -> str:
     """`s3` of `s3://bucket/key`; empty for a plain path."""
     match = re.match(r"^([a-z][a-z0-9+.-]*)://", uri)
@@ -75,7 +105,10 @@ def uri_scheme(uri: str) -> str:
 
 
 def check_uri(uri: str, allowed: tuple[str, ...]) -> str:
-    """`uri` when its scheme is allowed and its bucket name is valid (a validator's check)."""
+    """`uri` when it carries no credentials, its scheme is allowed and its bucket name is valid (a validator's
+    check; credentials first, so that no other message shows them)."""
+    if has_userinfo(uri):
+        raise ValueError(uri_credentials(allowed))
     scheme = uri_scheme(uri)
     if scheme and scheme not in allowed:
         raise ValueError(
@@ -86,11 +119,8 @@ def check_uri(uri: str, allowed: tuple[str, ...]) -> str:
     if scheme == "s3":
         rest = uri[len("s3://") :]
         bucket = rest.split("/", 1)[0]
-        if "@" in bucket or ":" in bucket:
-            raise ValueError(
-                "credentials must not be embedded in a URI; put them in a Kubernetes Secret "
-                "and set spec.storage.credentialsSecret"
-            )
+        if ":" in bucket:
+            raise ValueError(embedded_credentials("a URI", STORAGE_SECRET))
         if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", bucket):
             raise ValueError(f"'{bucket}' is not a valid S3 bucket name (s3://BUCKET/prefix)")
     return uri

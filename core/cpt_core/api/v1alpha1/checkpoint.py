@@ -35,6 +35,10 @@ class HubPushSpec(_Model):
     token_secret: DNSLabel | None = None
     """Secret in the job's namespace with the key HF_TOKEN (a write token); never inlined or logged.
     `cpt run` reads HF_TOKEN from the environment."""
+    include_locations: bool = False
+    """Name the run's own locations (the `s3://`, `file://` and local paths of the starting model and the data)
+    in the model card uploaded to the Hub. Default: the uploaded card names only Hub models (`hf://`) and says
+    "private" for the rest; the card in `final/` always names them."""
 
 
 class ExportSpec(_Model):

@@ -65,7 +65,12 @@ class DataSource(_Model):
     @field_validator("uris")
     @classmethod
     def _uris_scheme(cls, value: list[str]) -> list[str]:
-        return [check_uri(uri, DATA_SCHEMES) for uri in value]
+        for i, uri in enumerate(value):
+            try:
+                check_uri(uri, DATA_SCHEMES)
+            except ValueError as exc:
+                raise FieldError((i,), str(exc)) from None  # the message names the item
+        return value
 
     @model_validator(mode="after")
     def _synthesized(self) -> DataSource:

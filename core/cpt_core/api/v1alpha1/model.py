@@ -13,6 +13,8 @@ from cpt_core.api.v1alpha1.base import (
     DNSLabel,
     _Model,
     check_uri,
+    has_userinfo,
+    uri_credentials,
     uri_scheme,
 )
 from cpt_core.contract.names import HF_TOKEN
@@ -71,6 +73,8 @@ class ModelSpec(_Model):
     @field_validator("mirror")
     @classmethod
     def _mirror_scheme(cls, value: str | None) -> str | None:
+        if value is not None and has_userinfo(value):
+            raise ValueError(uri_credentials(("s3",)))
         if value is not None and uri_scheme(value) != "s3":
             raise ValueError(f"must be an s3:// prefix, e.g. s3://models/hf/ (got {value!r})")
         return None if value is None else check_uri(value, ("s3",))

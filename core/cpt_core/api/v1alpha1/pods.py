@@ -218,6 +218,12 @@ class PodOverride(_Model):
                 raise FieldError(
                     ("env", i, "name"), f"{name}: {names.ENV_PREFIX}* variables are set by the operator; remove it"
                 )
+            if name.startswith(names.RAY_AUTH_ENV_PREFIX) or name == names.RAY_K8S_TOKEN_AUTH_ENV:
+                raise FieldError(
+                    ("env", i, "name"),
+                    f"{name}: Ray's authentication is set up by KubeRay from the job's token (a pod's own value would "
+                    "replace it and could turn it off); remove it",
+                )
             if name in SECRET_ENV:
                 raise FieldError(
                     ("env", i, "name"),

@@ -8,8 +8,11 @@ from typing import Annotated, Literal
 from pydantic import StringConstraints, field_validator
 
 from cpt_core.api.v1alpha1.base import (
+    STORAGE_SECRET,
     DNSLabel,
     _Model,
+    embedded_credentials,
+    has_userinfo,
 )
 
 
@@ -32,11 +35,8 @@ class StorageSpec(_Model):
     def _endpoint(cls, value: str | None) -> str | None:
         if value is None:
             return None
+        if has_userinfo(value):
+            raise ValueError(embedded_credentials("the endpoint URL", STORAGE_SECRET))
         if not re.match(r"^https?://[^/\s]+(/.*)?$", value):
             raise ValueError("must be an http:// or https:// URL, e.g. http://minio.minio:9000")
-        if "@" in value.split("//", 1)[1].split("/", 1)[0]:
-            raise ValueError(
-                "credentials must not be embedded in the endpoint URL; put them in a Kubernetes "
-                "Secret and set spec.storage.credentialsSecret"
-            )
         return value

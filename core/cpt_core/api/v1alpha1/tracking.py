@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, field_validator
 
 from cpt_core.api.v1alpha1.base import (
     DNSLabel,
     _Model,
+    embedded_credentials,
+    has_userinfo,
 )
+
+#: Where an MLflow tracking server's credentials go instead of its URI.
+MLFLOW_SECRET = "spec.tracking.mlflow.credentialsSecret"
 
 
 class MLflow(_Model):
@@ -25,6 +30,14 @@ class MLflow(_Model):
     credentials_secret: DNSLabel | None = None
     """Secret in the job's namespace with MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and
     MLFLOW_TRACKING_PASSWORD (each optional); `cpt run` reads the same variables from the environment."""
+
+    @field_validator("tracking_uri", mode="before")
+    @classmethod
+    def _no_credentials(cls, value: Any) -> Any:
+        # Before the pattern check, so that no message about the URI shows the credentials in it.
+        if isinstance(value, str) and has_userinfo(value):
+            raise ValueError(embedded_credentials("the tracking URI", MLFLOW_SECRET))
+        return value
 
 
 class WandB(_Model):

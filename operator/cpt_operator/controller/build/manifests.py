@@ -2,23 +2,31 @@
 
 Each takes the typed CPTJob plus explicit settings and returns a plain dict (snapshot-tested,
 and validated against KubeRay's v1.7.0 CRD schema in the tests). Credentials appear only as
-`secretKeyRef`s.
+`secretKeyRef`s; the Ray cluster's token only as the name of its Secret (`authOptions`), and no
+built container sets Ray's authentication variables (KubeRay keeps a value it finds there).
 """
 
 from __future__ import annotations
 
+import copy
 import shlex
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from cpt_core.api.v1alpha1 import CPTJob, PodTarget, Resources
 from cpt_core.contract import names
 
-from cpt_operator.controller.build.names import configmap_name, rayjob_name
+from cpt_operator.controller.build.names import auth_secret_name, configmap_name, rayjob_name
 from cpt_operator.controller.build.overrides import apply_overrides
+from cpt_operator.controller.policy.pods import RESTRICTED_CONTAINER_CONTEXT, RESTRICTED_POD_CONTEXT
 from cpt_operator.controller.settings import OperatorSettings
 
-__all__ = ["build_configmap", "build_rayjob", "dump_yaml", "labels", "owner_reference"]
+__all__ = ["RayAuthMode", "build_configmap", "build_rayjob", "dump_yaml", "labels", "owner_reference"]
+
+#: How an attempt's Ray cluster authenticates (KubeRay's rayClusterSpec.authOptions): `token-secret`, with the
+#: job's token in the Secret the operator owns (KubeRay 1.6+); `token`, with a token KubeRay generates per Ray
+#: cluster (1.5.1+); `off`, none.
+RayAuthMode = Literal["token-secret", "token", "off"]
 
 
 class _BlockDumper(yaml.SafeDumper):
@@ -154,19 +162,18 @@ def _pod_template(
     if head:
         mounts.append({"name": names.SPEC_VOLUME, "mountPath": names.SPEC_MOUNT, "readOnly": True})
         volumes.append({"name": names.SPEC_VOLUME, "configMap": {"name": configmap_name(job.metadata.name)}})
-    spec: dict[str, Any] = {
-        "containers": [
-            {
-                "name": container,
-                "image": cluster.image or settings.trainer_image,
-                "imagePullPolicy": settings.image_pull_policy,
-                "env": _env(job),
-                "resources": resources,
-                "volumeMounts": mounts,
-            }
-        ],
-        "volumes": volumes,
+    ray_container: dict[str, Any] = {
+        "name": container,
+        "image": cluster.image or settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "env": _env(job),
+        "resources": resources,
+        "volumeMounts": mounts,
     }
+    spec: dict[str, Any] = {"containers": [ray_container], "volumes": volumes}
+    if settings.policy.pods.profile == "restricted":  # the pods meet the Pod Security profile they are held to
+        spec["securityContext"] = copy.deepcopy(RESTRICTED_POD_CONTEXT)
+        ray_container["securityContext"] = copy.deepcopy(RESTRICTED_CONTAINER_CONTEXT)
     if not head:
         if cluster.node_selector:
             spec["nodeSelector"] = dict(cluster.node_selector)
@@ -189,8 +196,18 @@ def entrypoint(job: CPTJob, attempt: int, settings: OperatorSettings) -> str:
     return shlex.join(args)
 
 
-def build_rayjob(job: CPTJob, attempt: int, settings: OperatorSettings) -> dict[str, Any]:
-    """The RayJob of one attempt: a head that runs `cpt train` and one worker group that trains."""
+def auth_options(job: CPTJob, auth: RayAuthMode) -> dict[str, Any] | None:
+    """KubeRay's rayClusterSpec.authOptions for `auth` (None: none at all, for a KubeRay without them)."""
+    if auth == "token-secret":
+        return {"mode": "token", "secretName": auth_secret_name(job.metadata.name)}
+    if auth == "token":
+        return {"mode": "token"}
+    return None
+
+
+def build_rayjob(job: CPTJob, attempt: int, settings: OperatorSettings, auth: RayAuthMode = "off") -> dict[str, Any]:
+    """The RayJob of one attempt: a head that runs `cpt train` and one worker group that trains; with `auth`,
+    a Ray cluster that requires a token (the operator passes what the installed KubeRay supports)."""
     cluster = job.spec.cluster
     policy = job.spec.run_policy
     meta_labels = labels(job, attempt)
@@ -227,6 +244,9 @@ def build_rayjob(job: CPTJob, attempt: int, settings: OperatorSettings) -> dict[
             ],
         },
     }
+    options = auth_options(job, auth)
+    if options is not None:
+        spec["rayClusterSpec"]["authOptions"] = options
     if policy.active_deadline_seconds:
         spec["activeDeadlineSeconds"] = policy.active_deadline_seconds
     return {

@@ -35,3 +35,13 @@ def configmap_name(job: str) -> str:
 
 def is_dns1035(name: str) -> bool:
     return bool(_DNS1035.match(name)) and len(name) <= 63
+
+
+def auth_secret_name(job: str) -> str:
+    """The Secret holding the job's Ray token (KubeRay's authOptions.secretName), one per job for every attempt."""
+    return _shorten(job, "-ray-auth", 63)
+
+
+def network_policy_name(job: str) -> str:
+    """The NetworkPolicy that guards the job's Ray pods, one per job."""
+    return _shorten(job, "-ray", 63)

@@ -1,9 +1,10 @@
 """Apply `spec.cluster.podOverrides` and the operator's imagePullSecrets to a built Ray pod template (pure).
 
 Precedence: the operator's pod < spec.cluster shorthands < overrides in list order. Lists append
-(env and volumes by name, mounts by path: a later entry replaces an earlier one), maps merge, single
-values replace. What the operator must own (image, command, CPT_* env, Secret-fed env, the spec
-mount, CPU/memory/GPU, its labels) is rejected earlier, by the API models (`cpt_core.api.v1alpha1.pods`).
+(env and volumes by name, mounts by path: a later entry replaces an earlier one), maps merge (security
+contexts too, key by key), single values replace. What the operator must own (image, command, CPT_* env,
+Secret-fed env, the spec mount, CPU/memory/GPU, its labels) is rejected earlier, by the API models
+(`cpt_core.api.v1alpha1.pods`); what the cluster's admin does not allow, by `controller.policy.pods`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ def _upsert(items: list[dict[str, Any]], new: Iterable[dict[str, Any]], key: str
             out.append(copy.deepcopy(item))
         else:
             out[index] = copy.deepcopy(item)
+    return out
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` merged over `base`, maps recursively (a securityContext keeps the operator's settings it
+    does not mention: overriding fsGroup keeps runAsNonRoot)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if both else copy.deepcopy(value)
     return out
 
 
@@ -72,9 +83,11 @@ def apply_overrides(
                 *copy.deepcopy(override.topology_spread_constraints),
             ]
         if override.security_context is not None:
-            spec["securityContext"] = copy.deepcopy(override.security_context)
+            spec["securityContext"] = _merged(spec.get("securityContext") or {}, override.security_context)
         if override.container_security_context is not None:
-            container["securityContext"] = copy.deepcopy(override.container_security_context)
+            container["securityContext"] = _merged(
+                container.get("securityContext") or {}, override.container_security_context
+            )
         for field, key in (
             ("scheduler_name", "schedulerName"),
             ("service_account_name", "serviceAccountName"),

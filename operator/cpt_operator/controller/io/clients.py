@@ -1,4 +1,5 @@
-"""The operator's S3 clients: one per endpoint and credentials, with short timeouts and few retries."""
+"""The operator's S3 clients: one per endpoint and credentials (the job's, never the operator's own unless the
+admin policy lends them), with short timeouts, few retries and hard deadlines."""
 
 from __future__ import annotations
 
@@ -16,11 +17,24 @@ from cpt_operator.controller.settings import OperatorSettings
 _STORAGE: dict[tuple[str, ...], Storage] = {}
 
 
-def storage_for(spec: api.StorageSpec, secret: Mapping[str, str | None] | None, settings: OperatorSettings) -> Storage:
-    """A Storage per (endpoint, region, credentials): creating a boto3 client costs ~100 ms and ~10 MB,
+def storage_for(
+    spec: api.StorageSpec,
+    secret: Mapping[str, str | None] | None,
+    settings: OperatorSettings,
+    ambient: bool = False,
+) -> Storage:
+    """The operator's Storage for a job: the job's own credentials (`secret`, the decoded Secret), or with
+    `ambient` (only where the admin policy lends it) the operator's own identity; without either -- a Secret
+    without an access key included -- unsigned requests: the operator (or `cpt logs`, whose process's own
+    credentials these would be) never falls back to its own identity on a job's behalf.
+
+    One Storage per (endpoint, region, credentials): creating a boto3 client costs ~100 ms and ~10 MB,
     so jobs that share a Secret share a client (boto3 clients are thread-safe). The operator's clients
-    have short timeouts and few retries: a dead endpoint must cost seconds, not minutes."""
-    env = {k: v for k, v in secret.items() if v is not None} if secret is not None else dict(os.environ)
+    have short timeouts, few retries and hard deadlines: a dead endpoint must cost seconds, not minutes."""
+    if secret is not None:
+        env = {k: v for k, v in secret.items() if v is not None}
+    else:
+        env = dict(os.environ) if ambient else {}
     s3 = S3Settings.from_spec(spec, {**env, AWS_REGION_ENV: spec.region})
     s3 = dataclasses.replace(
         s3,
@@ -28,6 +42,9 @@ def storage_for(spec: api.StorageSpec, secret: Mapping[str, str | None] | None, 
         connect_timeout=settings.s3_connect_timeout_seconds,
         read_timeout=settings.s3_read_timeout_seconds,
         max_attempts=settings.s3_max_attempts,
+        # botocore's credential chain (environment, web identity, instance metadata) would find the process's own.
+        anonymous=not ambient and (secret is None or not s3.access_key_id),
+        hard_deadlines=True,
     )
     key = (
         str(s3.endpoint),
@@ -36,7 +53,7 @@ def storage_for(spec: api.StorageSpec, secret: Mapping[str, str | None] | None, 
         str(s3.access_key_id),
         hashlib.sha256(str(s3.secret_access_key).encode()).hexdigest(),
         str(s3.session_token),
-        f"{s3.connect_timeout}/{s3.read_timeout}/{s3.max_attempts}",
+        f"{s3.connect_timeout}/{s3.read_timeout}/{s3.max_attempts}/{s3.anonymous}",
     )
     storage = _STORAGE.get(key)
     if storage is None:

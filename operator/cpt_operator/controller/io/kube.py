@@ -18,6 +18,12 @@ from urllib.parse import quote
 import aiohttp
 from cpt_core.contract.names import GROUP, PLURAL, RAYJOBS
 
+#: (group, version, plural) of the Kubernetes resources the operator makes besides ConfigMaps, and of CRDs.
+NETWORK_POLICIES = ("networking.k8s.io", "v1", "networkpolicies")
+CRDS = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+#: Plurals that are not the kind's lower case with an `s` appended.
+_PLURALS = {"NetworkPolicy": NETWORK_POLICIES[2]}
+
 #: (apiGroup, resource, verb) of every API call the operator (kopf included) makes.
 API_CALLS: set[tuple[str, str, str]] = {
     (GROUP, PLURAL, "get"),
@@ -34,6 +40,11 @@ API_CALLS: set[tuple[str, str, str]] = {
     ("", "configmaps", "create"),
     ("", "configmaps", "update"),
     ("", "secrets", "get"),
+    ("", "secrets", "create"),  # the job's Ray token (kuberay_auth token-secret)
+    (NETWORK_POLICIES[0], NETWORK_POLICIES[2], "get"),
+    (NETWORK_POLICIES[0], NETWORK_POLICIES[2], "create"),
+    (NETWORK_POLICIES[0], NETWORK_POLICIES[2], "update"),  # it follows the current attempt's submitter
+    (CRDS[0], CRDS[2], "get"),  # rayjobs.ray.io only (kuberay_auth auto): what the installed KubeRay supports
     ("", "pods", "list"),
     ("", "pods/log", "get"),
     ("", "events", "create"),
@@ -59,11 +70,16 @@ class ForeignObject(RuntimeError):
         self.kind, self.namespace, self.name = obj.get("kind") or "object", meta.get("namespace"), meta.get("name")
         owners = [f"{r.get('kind')}/{r.get('name')} uid {r.get('uid')}" for r in meta.get("ownerReferences") or []]
         held = f"owned by {', '.join(owners)}" if owners else "without an owner"
-        plural = self.kind.lower() + "s"
+        plural = plural_of(self.kind)
         super().__init__(
             f"{self.kind} {self.namespace}/{self.name} exists {held}, not by this CPTJob (uid {owner_uid}); it is "
             f"left alone. Delete it if it is a leftover: kubectl -n {self.namespace} delete {plural} {self.name}"
         )
+
+
+def plural_of(kind: str) -> str:
+    """The resource name of a kind the operator creates (`ConfigMap` -> `configmaps`)."""
+    return _PLURALS.get(kind, kind.lower() + "s")
 
 
 def owned_by(obj: dict[str, Any], uid: str | None) -> bool:
@@ -155,7 +171,7 @@ class Kube:
         anything else raises `ForeignObject`."""
         group, _, version = obj["apiVersion"].rpartition("/")
         meta = obj["metadata"]
-        plural = obj["kind"].lower() + "s"
+        plural = plural_of(obj["kind"])
         try:
             return await self._request("POST", _path(group, version, plural, meta.get("namespace")), obj)
         except ApiError as exc:
@@ -169,15 +185,30 @@ class Kube:
 
     async def apply_configmap(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Create the ConfigMap, or replace its data when it exists and is ours (the spec may have changed)."""
-        meta = obj["metadata"]
-        current = await self.get_owned("", "v1", "configmaps", meta["namespace"], meta["name"], _controller_uid(obj))
+        return await self.apply(obj, "data")
+
+    async def apply(self, obj: dict[str, Any], field: str) -> dict[str, Any]:
+        """Create `obj`, or replace its `field` (a ConfigMap's data, a NetworkPolicy's spec) when it exists, is ours
+        and differs; anything else of the existing object stays."""
+        group, _, version = obj["apiVersion"].rpartition("/")
+        meta, plural = obj["metadata"], plural_of(obj["kind"])
+        current = await self.get_owned(group, version, plural, meta["namespace"], meta["name"], _controller_uid(obj))
         if current is None:
             return await self.create(obj)
-        if current.get("data") == obj["data"]:
+        if current.get(field) == obj[field]:
             return current
-        replacement = {**current, "data": obj["data"]}  # carries its resourceVersion: a concurrent change is a 409
-        path = _path("", "v1", "configmaps", meta["namespace"], meta["name"])
+        replacement = {**current, field: obj[field]}  # carries its resourceVersion: a concurrent change is a 409
+        path = _path(group, version, plural, meta["namespace"], meta["name"])
         return await self._request("PUT", path, replacement)
+
+    async def ensure(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """The existing object when it is ours (left as it is: a Secret made once), else `obj` created."""
+        group, _, version = obj["apiVersion"].rpartition("/")
+        meta = obj["metadata"]
+        current = await self.get_owned(
+            group, version, plural_of(obj["kind"]), meta["namespace"], meta["name"], _controller_uid(obj)
+        )
+        return current if current is not None else await self.create(obj)
 
     async def delete(
         self, group: str, version: str, plural: str, namespace: str | None, name: str, uid: str | None = None

@@ -49,13 +49,14 @@ def condition(status: CPTJobStatus, type_: ConditionType) -> Condition | None:
 
 
 def spec_rejected(status: CPTJobStatus) -> bool:
-    """Failed because the spec was invalid: a corrected spec revives the job (every other Failed is final)."""
+    """Failed because the spec was invalid or refused by the admin policy: a corrected spec revives the job (every
+    other Failed is final)."""
     failed = condition(status, ConditionType.Failed)
     return (
         status.phase == Phase.Failed
         and failed is not None
         and failed.status == "True"
-        and failed.reason == Reason.InvalidSpec.value
+        and failed.reason in (Reason.InvalidSpec.value, Reason.RefusedByPolicy.value)
     )
 
 

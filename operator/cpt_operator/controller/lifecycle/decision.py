@@ -16,6 +16,8 @@ from cpt_core.api.v1alpha1 import CPTJobStatus
 from cpt_core.contract.clock import UTC
 from cpt_core.contract.reasons import Reason
 
+from cpt_operator.controller.build.manifests import RayAuthMode
+
 
 @dataclass(frozen=True)
 class PreflightResult:
@@ -69,6 +71,17 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class RayAuth:
+    """How the Ray cluster of a new attempt authenticates, and why: what the installed KubeRay supports (read from
+    its CRD) or the operator's setting. `reason` is the RayAuth condition's: TokenAuth, RayAuthUnverified (token
+    auth asked for, support unknown), RayAuthUnsupported or RayAuthDisabled (none)."""
+
+    mode: RayAuthMode
+    reason: Reason
+    message: str
+
+
+@dataclass(frozen=True)
 class Observed:
     rayjob: dict[str, Any] | None = None  # the current attempt's RayJob, known to be owned by this CPTJob
     progress: Progress | None = None  # already known to be this incarnation's and this attempt's
@@ -77,6 +90,7 @@ class Observed:
     progress_problem: Problem | None = None  # the progress file was there but not taken (damaged, foreign, unreadable)
     foreign_rayjob: str | None = None  # the current attempt's RayJob name is held by an object we do not own
     launch_blocked: Problem | None = None  # creating the attempt's children failed (foreign object, rejected)
+    ray_auth: RayAuth | None = None  # how a new attempt's Ray cluster authenticates (known when one may start)
 
 
 @dataclass

@@ -201,6 +201,16 @@ def reconcile(job: CPTJob, observed: Observed, warnings: list[str] | None = None
         status.dashboard_url = None
         decision.actions.append(CreateAttempt(status.attempt))
         set_(ConditionType.ClusterReady, "False", Reason.Creating, f"RayJob {status.ray_job_name} created")
+        auth = observed.ray_auth
+        if auth is not None:
+            previous = condition(status, ConditionType.RayAuth)
+            value: Literal["True", "False", "Unknown"] = (
+                "False" if auth.mode == "off" else "Unknown" if auth.reason == Reason.RayAuthUnverified else "True"
+            )
+            set_(ConditionType.RayAuth, value, auth.reason, auth.message)
+            warn = auth.reason in (Reason.RayAuthUnsupported, Reason.RayAuthUnverified)
+            if warn and (previous is None or previous.reason != auth.reason.value):  # once, not every attempt
+                decision.events.append(Event("Warning", auth.reason.value, auth.message))
         resume = f", resuming from checkpoint step {status.checkpoint.step}" if status.checkpoint else ""
         decision.events.append(
             Event(

@@ -24,10 +24,12 @@ def reject_spec(
     generation: int | None,
     rayjob: dict[str, Any] | None,
     now: dt.datetime,
+    reason: Reason = Reason.InvalidSpec,
 ) -> Decision:
-    """The spec fails the semantic checks (the API server admitted it): stop the attempt, keep checkpoints.
+    """The spec fails the semantic checks (the API server admitted it) or the admin policy (`reason`
+    RefusedByPolicy): stop the attempt, keep checkpoints.
 
-    Failed with a Failed=True/InvalidSpec condition that names the field and the fix; one event.
+    Failed with a Failed=True/`reason` condition that names the field and the fix; one event.
     `reconcile` revives the job once the spec is valid again (`spec_rejected`)."""
     status = (job_status or CPTJobStatus()).model_copy(deep=True)
     decision = Decision(status)
@@ -36,14 +38,13 @@ def reject_spec(
     if status.phase == Phase.Succeeded or (status.phase == Phase.Failed and not spec_rejected(status)):
         return decision  # a finished job stays finished
     kept = " (checkpoints are kept)" if status.attempt else ""
-    message = (
-        f"invalid spec (generation {generation}): {problems}. Fix it (`cpt validate` shows the same) and apply it "
-        f"again: the job resumes{kept}"
-    )
+    what = "invalid spec" if reason == Reason.InvalidSpec else "refused by the cluster's admin policy"
+    where = "(`cpt validate` shows the same) " if reason == Reason.InvalidSpec else ""
+    message = f"{what} (generation {generation}): {problems}. Fix it {where}and apply it again: the job resumes{kept}"
     status.observed_generation = generation
 
     def set_(type_: ConditionType, value: Literal["True", "False"]) -> None:
-        set_condition(status, type_, value, Reason.InvalidSpec, message, now, generation)
+        set_condition(status, type_, value, reason, message, now, generation)
 
     set_(ConditionType.Validated, "False")
     set_(ConditionType.Failed, "True")
@@ -53,7 +54,7 @@ def reject_spec(
     if condition(status, ConditionType.ClusterReady) is not None:
         set_(ConditionType.ClusterReady, "False")
     if status.phase != Phase.Failed or status.message != message:
-        decision.events.append(Event("Warning", Reason.InvalidSpec.value, message))
+        decision.events.append(Event("Warning", reason.value, message))
     status.phase = Phase.Failed
     status.message = message
     status.completion_time = status.completion_time or now.strftime("%Y-%m-%dT%H:%M:%SZ")

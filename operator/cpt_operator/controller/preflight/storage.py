@@ -79,7 +79,7 @@ def check_storage(
             if not uri.startswith("s3://"):
                 continue
             try:
-                found = storage.list_objects(uri)
+                found = storage.list_objects(uri, limit=1)
             except StorageError as exc:
                 return _failure(exc, f"spec.data.sources[{i}].uris[{j}]")
             if not found:
@@ -90,7 +90,7 @@ def check_storage(
                 )
     if spec.model.source.startswith("s3://"):
         try:
-            if not storage.list_objects(spec.model.source):
+            if not storage.list_objects(spec.model.source, limit=1):
                 return PreflightResult(
                     False, Reason.DataNotFound, f"spec.model.source {spec.model.source} lists no objects"
                 )
